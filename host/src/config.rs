@@ -1,0 +1,257 @@
+//! The manifest as written: raw TOML structs, parsed with unknown keys
+//! rejected. [`crate::snapshot`] resolves it into the runtime form.
+//!
+//! ```toml
+//! [server]
+//! listen = ["127.0.0.1:8080"]
+//!
+//! [upstreams.api]
+//! targets = ["http://127.0.0.1:9000"]
+//!
+//! [plugins.key-auth]
+//! path = "plugins/key_auth.wasm"
+//!
+//! [[routes]]
+//! id = "api"
+//! prefix = "/api"
+//! upstream = "api"
+//! [[routes.plugins]]
+//! name = "key-auth"
+//! config = { keys = [{ key = "k1", consumer = "alice" }] }
+//! ```
+
+mod diag;
+mod duration;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+pub use diag::{ConfigError, Location};
+pub use duration::Duration;
+
+/// A parsed manifest plus where it came from, for error messages.
+#[derive(Debug)]
+pub struct Manifest {
+    /// The manifest's path as given.
+    pub path: PathBuf,
+    /// The TOML source, kept to turn byte spans into line and column.
+    pub source: String,
+    /// The parsed content.
+    pub doc: Document,
+}
+
+/// The top-level TOML document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// `[server]`: listeners and connection limits.
+    #[serde(default)]
+    pub server: Server,
+    /// `[upstreams.NAME]`: named groups of targets.
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<Name>, Upstream>,
+    /// `[plugins.NAME]`: the WebAssembly filters routes may use.
+    #[serde(default)]
+    pub plugins: BTreeMap<Spanned<Name>, Plugin>,
+    /// `[[routes]]`: matched by host and path, longest match wins.
+    #[serde(default)]
+    pub routes: Vec<Spanned<Route>>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// `listen`: addresses to serve HTTP/1.1 and h2c on.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Spanned<String>>,
+    /// `header_read_timeout`: time a client has to send the request head.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// `max_header_bytes`: cap on the request head (HTTP/1) or header list (HTTP/2).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// `max_body_bytes`: cap on a request body; larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: default_listen(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "127.0.0.1:8080".to_string())]
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `targets`: `http://host:port` URLs (round robin) or `builtin:echo`.
+    pub targets: Vec<Spanned<String>>,
+    /// `connect_timeout`: time to open a TCP connection to a target.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// `request_timeout`: time from sending the request to the response head.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[plugins.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// `path`: the component `.wasm`, relative to the manifest.
+    pub path: Spanned<PathBuf>,
+    /// `isolation`: `"pooled"` (reused instances) or `"request"` (fresh per request).
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// How plugin instances are reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A pool of instances per (route, plugin), each serving one request at a time.
+    #[default]
+    Pooled,
+    /// A fresh instance for every request: nothing outlives a request.
+    Request,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `id`: unique name, shown in logs and to plugins.
+    pub id: Spanned<Name>,
+    /// `host`: exact host (`api.example.com`) or wildcard (`*.example.com`); any host if absent.
+    pub host: Option<Spanned<String>>,
+    /// `path`: match this path exactly.
+    pub path: Option<Spanned<String>>,
+    /// `prefix`: match this path and everything below it (segment-wise).
+    pub prefix: Option<Spanned<String>>,
+    /// `methods`: allowed methods; any if absent.
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// `upstream`: an `[upstreams]` name, an `http://` URL or `builtin:echo`.
+    pub upstream: Spanned<String>,
+    /// `[[routes.plugins]]`: the chain, in order.
+    #[serde(default)]
+    pub plugins: Vec<Spanned<RoutePlugin>>,
+}
+
+/// `[[routes.plugins]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePlugin {
+    /// `name`: a `[plugins]` name.
+    pub name: Spanned<String>,
+    /// `config`: the table handed to the plugin (as JSON) when it loads.
+    #[serde(default)]
+    pub config: Option<Spanned<toml::Table>>,
+}
+
+/// A validated name: letters, digits, `-` and `_`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Name(String);
+
+impl Name {
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let mut chars = s.chars();
+        let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && s.len() <= 64;
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(format!(
+                "invalid name `{s}`: use up to 64 letters, digits, `-` or `_`, starting with a letter"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Manifest {
+    /// Reads and parses the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path, None, format!("cannot read the manifest: {e}"))
+                .help("check the path given to `weir run` / `weir check`")
+        })?;
+        Self::parse(path, source)
+    }
+
+    /// Parses manifest text; `path` is only used in messages and to resolve plugin paths.
+    pub fn parse(path: &Path, source: String) -> Result<Manifest, ConfigError> {
+        match toml::from_str::<Document>(&source) {
+            Ok(doc) => Ok(Manifest {
+                path: path.to_path_buf(),
+                source,
+                doc,
+            }),
+            Err(e) => {
+                let loc = e.span().map(|s| Location::from_offset(&source, s.start));
+                let msg = e.message().trim_end().to_string();
+                let help = diag::help_for_parse_error(&msg);
+                let mut err = ConfigError::new(path, loc, msg);
+                if let Some(h) = help {
+                    err = err.help(h);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// An error located at `span` in this manifest.
+    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        let loc = (span != (0..0)).then(|| Location::from_offset(&self.source, span.start));
+        ConfigError::new(&self.path, loc, message)
+    }
+
+    /// The directory plugin paths are relative to.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}

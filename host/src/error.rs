@@ -1,0 +1,94 @@
+//! The one classified error of the request path, and the one function that
+//! turns it into an HTTP answer.
+
+use http::{Response, StatusCode, header};
+
+use crate::body::{Body, full};
+
+/// Whose fault a failed request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed or was too slow.
+    Upstream,
+    /// A plugin failed.
+    Plugin,
+    /// A bug or resource limit in the gateway.
+    Internal,
+}
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The path could not be normalised.
+    #[error("bad request path: {0}")]
+    BadPath(#[from] crate::path::PathError),
+    /// No route matches host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// A route matches host and path but not the method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The request body is over `max_body_bytes`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    /// The upstream could not be reached or broke the exchange.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out after {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// A plugin trapped, timed out or returned something invalid.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
+    /// The request could not be built for the upstream.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Whose fault it is.
+    pub fn blame(&self) -> Blame {
+        match self {
+            GatewayError::BadPath(_) | GatewayError::NoRoute | GatewayError::MethodNotAllowed | GatewayError::BodyTooLarge(_) => {
+                Blame::Downstream
+            }
+            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_) => Blame::Upstream,
+            GatewayError::Plugin(_) => Blame::Plugin,
+            GatewayError::Internal(_) => Blame::Internal,
+        }
+    }
+
+    /// Whether retrying the same request elsewhere could succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, GatewayError::UpstreamUnavailable(_))
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Plugin(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The answer: status and a short body. Details of upstream and plugin
+    /// failures stay in the log, not in front of the client.
+    pub fn to_response(&self) -> Response<Body> {
+        let status = self.status();
+        let text = match self.blame() {
+            Blame::Downstream => format!("{self}\n"),
+            _ => format!("{}\n", status.canonical_reason().unwrap_or("error").to_lowercase()),
+        };
+        let mut resp = Response::new(full(text));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+}

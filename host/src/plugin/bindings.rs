@@ -1,0 +1,17 @@
+//! Host bindings generated from `wit/` (the `weir:plugin/plugin` world).
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    // Host functions return `wasmtime::Result` so a bad handle traps instead of panicking.
+    imports: { default: trappable },
+    // Exports run on a fiber so epoch deadlines can interrupt them.
+    exports: { default: async },
+    with: {
+        "weir:plugin/http.request": super::host::http::RequestState,
+        "weir:plugin/http.response": super::host::http::ResponseState,
+    },
+});
+
+pub use weir::plugin::http::{Action, Reply};

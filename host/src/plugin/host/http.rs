@@ -1,0 +1,262 @@
+//! `weir:plugin/http`: the request and response resources.
+//!
+//! The proxy moves its request (or response) state into the instance's
+//! resource table for the length of one hook call and takes it back after,
+//! so nothing is copied that a plugin does not ask for. Every edit goes
+//! through the checked `http` constructors: a plugin can never put CR/LF or
+//! an invalid name on the wire.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use wasmtime::component::Resource;
+
+use super::HostState;
+use crate::plugin::bindings::weir::plugin::http::{EditError, Header, Host, HostRequest, HostResponse};
+
+/// Most headers a plugin may leave on a request or response.
+pub const MAX_HEADERS: usize = 256;
+/// Longest header value a plugin may set.
+pub const MAX_HEADER_VALUE: usize = 16 * 1024;
+/// Most per-request variables, and the longest value of one.
+const MAX_VARS: usize = 64;
+const MAX_VAR_VALUE: usize = 4096;
+
+/// The request as plugins see it; the proxy builds the upstream request from it.
+#[derive(Debug)]
+pub struct RequestState {
+    /// The method.
+    pub method: Method,
+    /// The normalised path.
+    pub path: String,
+    /// The raw query, without `?`.
+    pub query: Option<String>,
+    /// `Host` or `:authority`.
+    pub authority: Option<String>,
+    /// End-to-end headers (hop-by-hop ones were removed on arrival).
+    pub headers: HeaderMap,
+    /// The downstream peer.
+    pub client: SocketAddr,
+    /// The matched route.
+    pub route_id: Arc<str>,
+    /// Per-request variables shared along the chain.
+    pub vars: Vec<(String, String)>,
+    /// True during response hooks.
+    pub read_only: bool,
+}
+
+/// The response as plugins see it.
+#[derive(Debug)]
+pub struct ResponseState {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers (hop-by-hop ones already removed).
+    pub headers: HeaderMap,
+}
+
+fn name(n: &str) -> Result<HeaderName, EditError> {
+    HeaderName::from_bytes(n.as_bytes()).map_err(|_| EditError::InvalidName(n.to_string()))
+}
+
+fn value(v: &str) -> Result<HeaderValue, EditError> {
+    if v.len() > MAX_HEADER_VALUE {
+        return Err(EditError::TooLarge);
+    }
+    HeaderValue::from_str(v).map_err(|_| EditError::InvalidValue(v.escape_debug().to_string()))
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
+}
+
+fn get(h: &HeaderMap, n: &str) -> Option<String> {
+    h.get(n).map(lossy)
+}
+
+fn get_all(h: &HeaderMap, n: &str) -> Vec<String> {
+    h.get_all(n).iter().map(lossy).collect()
+}
+
+fn all(h: &HeaderMap) -> Vec<Header> {
+    h.iter().map(|(n, v)| Header { name: n.as_str().to_string(), value: lossy(v) }).collect()
+}
+
+fn set(h: &mut HeaderMap, n: &str, v: &str) -> Result<(), EditError> {
+    let (n, v) = (name(n)?, value(v)?);
+    if !h.contains_key(&n) && h.len() >= MAX_HEADERS {
+        return Err(EditError::TooLarge);
+    }
+    h.insert(n, v);
+    Ok(())
+}
+
+fn append(h: &mut HeaderMap, n: &str, v: &str) -> Result<(), EditError> {
+    let (n, v) = (name(n)?, value(v)?);
+    if h.len() >= MAX_HEADERS {
+        return Err(EditError::TooLarge);
+    }
+    h.append(n, v);
+    Ok(())
+}
+
+fn remove(h: &mut HeaderMap, n: &str) -> Result<bool, EditError> {
+    Ok(h.remove(name(n)?).is_some())
+}
+
+impl HostState {
+    fn req(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<&mut RequestState> {
+        Ok(self.table().get_mut(r)?)
+    }
+
+    fn req_mut(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<Result<&mut RequestState, EditError>> {
+        let req = self.req(r)?;
+        Ok(if req.read_only { Err(EditError::ReadOnly) } else { Ok(req) })
+    }
+
+    fn resp(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
+        Ok(self.table().get_mut(r)?)
+    }
+}
+
+impl Host for HostState {}
+
+impl HostRequest for HostState {
+    fn method(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.method.as_str().to_string())
+    }
+    fn path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.path.clone())
+    }
+    fn query(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
+        Ok(self.req(&r)?.query.clone())
+    }
+    fn authority(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
+        Ok(self.req(&r)?.authority.clone())
+    }
+    fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.client.to_string())
+    }
+    fn route_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.route_id.to_string())
+    }
+    fn header(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Option<String>> {
+        Ok(get(&self.req(&r)?.headers, &n))
+    }
+    fn header_all(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Vec<String>> {
+        Ok(get_all(&self.req(&r)?.headers, &n))
+    }
+    fn headers(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<Header>> {
+        Ok(all(&self.req(&r)?.headers))
+    }
+    fn set_header(&mut self, r: Resource<RequestState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(self.req_mut(&r)?.and_then(|q| set(&mut q.headers, &n, &v)))
+    }
+    fn append_header(&mut self, r: Resource<RequestState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(self.req_mut(&r)?.and_then(|q| append(&mut q.headers, &n, &v)))
+    }
+    fn remove_header(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Result<bool, EditError>> {
+        Ok(self.req_mut(&r)?.and_then(|q| remove(&mut q.headers, &n)))
+    }
+    fn set_path(&mut self, r: Resource<RequestState>, path: String) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(self.req_mut(&r)?.and_then(|q| {
+            let p = crate::path::normalise(&path).map_err(|e| EditError::InvalidPath(format!("{path:?}: {e}")))?;
+            q.path = p;
+            Ok(())
+        }))
+    }
+    fn set_query(&mut self, r: Resource<RequestState>, query: Option<String>) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(self.req_mut(&r)?.and_then(|q| {
+            if let Some(s) = &query {
+                // Must stay a valid query once put back in a URI.
+                if s.bytes().any(|b| !(0x21..=0x7e).contains(&b) || b == b'#') {
+                    return Err(EditError::InvalidPath(format!("query {s:?} has characters that must be percent-encoded")));
+                }
+            }
+            q.query = query.filter(|s| !s.is_empty());
+            Ok(())
+        }))
+    }
+    fn get_var(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.req(&r)?.vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()))
+    }
+    fn set_var(&mut self, r: Resource<RequestState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(self.req_mut(&r)?.and_then(|q| {
+            if v.len() > MAX_VAR_VALUE || n.len() > 128 {
+                return Err(EditError::TooLarge);
+            }
+            if let Some(slot) = q.vars.iter_mut().find(|(k, _)| *k == n) {
+                slot.1 = v;
+            } else if q.vars.len() < MAX_VARS {
+                q.vars.push((n, v));
+            } else {
+                return Err(EditError::TooLarge);
+            }
+            Ok(())
+        }))
+    }
+    fn drop(&mut self, r: Resource<RequestState>) -> wasmtime::Result<()> {
+        // Handles are owned by the host and taken back after each call; a
+        // guest can only drop a borrow, which never reaches here.
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl HostResponse for HostState {
+    fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
+        Ok(self.resp(&r)?.status.as_u16())
+    }
+    fn set_status(&mut self, r: Resource<ResponseState>, status: u16) -> wasmtime::Result<Result<(), EditError>> {
+        let resp = self.resp(&r)?;
+        Ok(match StatusCode::from_u16(status) {
+            Ok(s) if (100..=599).contains(&status) => {
+                resp.status = s;
+                Ok(())
+            }
+            _ => Err(EditError::InvalidStatus(status)),
+        })
+    }
+    fn header(&mut self, r: Resource<ResponseState>, n: String) -> wasmtime::Result<Option<String>> {
+        Ok(get(&self.resp(&r)?.headers, &n))
+    }
+    fn header_all(&mut self, r: Resource<ResponseState>, n: String) -> wasmtime::Result<Vec<String>> {
+        Ok(get_all(&self.resp(&r)?.headers, &n))
+    }
+    fn headers(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<Header>> {
+        Ok(all(&self.resp(&r)?.headers))
+    }
+    fn set_header(&mut self, r: Resource<ResponseState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(set(&mut self.resp(&r)?.headers, &n, &v))
+    }
+    fn append_header(&mut self, r: Resource<ResponseState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(append(&mut self.resp(&r)?.headers, &n, &v))
+    }
+    fn remove_header(&mut self, r: Resource<ResponseState>, n: String) -> wasmtime::Result<Result<bool, EditError>> {
+        Ok(remove(&mut self.resp(&r)?.headers, &n))
+    }
+    fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {
+        let _ = r;
+        Ok(())
+    }
+}
+
+/// Checks a filter's early reply and turns it into status, headers and body.
+pub fn reply_parts(reply: crate::plugin::bindings::Reply, max_body: usize) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
+    let status = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|_| (100..=599).contains(&reply.status))
+        .ok_or_else(|| format!("reply status {} is not in 100..=599", reply.status))?;
+    if reply.headers.len() > MAX_HEADERS {
+        return Err(format!("reply has {} headers, more than {MAX_HEADERS}", reply.headers.len()));
+    }
+    if reply.body.len() > max_body {
+        return Err(format!("reply body is {} bytes, more than {max_body}", reply.body.len()));
+    }
+    let mut headers = HeaderMap::with_capacity(reply.headers.len());
+    for h in &reply.headers {
+        append(&mut headers, &h.name, &h.value).map_err(|e| format!("reply header {:?}: {e:?}", h.name))?;
+    }
+    Ok((status, headers, reply.body))
+}

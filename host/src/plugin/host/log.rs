@@ -1,0 +1,42 @@
+//! `weir:plugin/log`: plugin log records go to `tracing`, tagged with plugin and route.
+
+use std::fmt::Write;
+
+use super::HostState;
+use crate::plugin::bindings::weir::plugin::log::{Host, Level};
+
+/// Longest message kept; the rest is cut so a plugin cannot flood the log with one call.
+const MAX_MESSAGE: usize = 4096;
+
+impl Host for HostState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        let mut message = message;
+        truncate(&mut message, MAX_MESSAGE);
+        let mut extra = String::new();
+        for (k, v) in fields.iter().take(32) {
+            let _ = write!(extra, "{k}={v:?} ");
+        }
+        truncate(&mut extra, MAX_MESSAGE);
+        let extra = extra.trim_end();
+        let (plugin, route) = (&*self.plugin, &*self.route);
+        match level {
+            Level::Trace => tracing::trace!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
+            Level::Debug => tracing::debug!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
+            Level::Info => tracing::info!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
+            Level::Warn => tracing::warn!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
+            Level::Error => tracing::error!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}

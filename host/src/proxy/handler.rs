@@ -1,0 +1,228 @@
+//! One request through the gateway, phase by phase:
+//!
+//! 1. **limits**: a declared body over `max_body_bytes` is refused (413);
+//! 2. **normalise** the path once; every later phase sees that path (400 if malformed);
+//! 3. **route** by host, path and method (404/405);
+//! 4. **request chain**: hop-by-hop headers go, then each plugin's
+//!    `on-request` in order; a `respond` skips the rest and the upstream;
+//! 5. **upstream**: forwarding headers set, the body streamed through
+//!    (capped), a target picked round robin (502/504 on failure);
+//! 6. **response chain**: `on-response` of every plugin that ran, in reverse,
+//!    also for early replies;
+//! 7. **log** one access record.
+//!
+//! A plugin failure at any phase answers 500 and never takes the gateway down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::headers::{set_forwarded, strip_hop_by_hop};
+use crate::body::{self, Body, BoxError};
+use crate::error::GatewayError;
+use crate::plugin::{Action, RequestState, ResponseState};
+use crate::router::host_of;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::{Target, echo};
+
+/// Largest body a plugin may put in an early reply.
+const MAX_REPLY_BODY: usize = 64 * 1024;
+
+/// Handles one request against `snap`; never fails: errors become responses.
+pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_string();
+    let mut log = Access::default();
+    let resp = match proxy(&snap, req, peer, &mut log).await {
+        Ok(r) => r,
+        Err(e) => {
+            log.answered_by = Some("gateway".into());
+            match e.blame() {
+                crate::error::Blame::Downstream => tracing::debug!(%peer, path = raw_path, error = %e, "request refused"),
+                _ => tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed"),
+            }
+            e.to_response()
+        }
+    };
+    tracing::info!(
+        target: "weir::access",
+        %method,
+        path = log.path.as_deref().unwrap_or(&raw_path),
+        route = log.route.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        answered_by = log.answered_by.as_deref().unwrap_or("upstream"),
+        micros = started.elapsed().as_micros() as u64,
+        "access"
+    );
+    resp
+}
+
+#[derive(Default)]
+struct Access {
+    route: Option<Arc<str>>,
+    path: Option<String>,
+    answered_by: Option<Arc<str>>,
+}
+
+async fn proxy(snap: &Snapshot, req: Request<Incoming>, peer: SocketAddr, log: &mut Access) -> Result<Response<Body>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+
+    // 1. limits
+    let max_body = snap.server.max_body_bytes;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(GatewayError::BodyTooLarge(max_body));
+    }
+
+    // 2. normalise
+    let path = crate::path::normalise(parts.uri.path())?;
+    log.path = Some(path.clone());
+
+    // 3. route
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string));
+    let host = authority.as_deref().map(host_of);
+    let route: Arc<Route> = snap
+        .router
+        .find(host.as_deref(), &path, &parts.method)
+        .map_err(|method_mismatch| if method_mismatch { GatewayError::MethodNotAllowed } else { GatewayError::NoRoute })?
+        .clone();
+    log.route = Some(route.id.clone());
+
+    // 4. request chain
+    strip_hop_by_hop(&mut parts.headers);
+    let mut state = RequestState {
+        method: parts.method.clone(),
+        path,
+        query: parts.uri.query().map(str::to_string),
+        authority,
+        headers: std::mem::take(&mut parts.headers),
+        client: peer,
+        route_id: route.id.clone(),
+        vars: Vec::new(),
+        read_only: false,
+    };
+    let mut ran = 0;
+    let mut early = None;
+    for plugin in &route.chain {
+        let (back, result) = plugin.on_request(state).await;
+        ran += 1;
+        state = back.ok_or_else(|| GatewayError::Internal("plugin lost the request".into()))?;
+        match result? {
+            Action::Continue => {}
+            Action::Respond(reply) => {
+                let (status, headers, body) = crate::plugin::host::http::reply_parts(reply, MAX_REPLY_BODY).map_err(|e| {
+                    GatewayError::Plugin(crate::plugin::PluginError {
+                        plugin: plugin.name().clone(),
+                        route: route.id.clone(),
+                        kind: crate::plugin::PluginErrorKind::BadReply(e),
+                    })
+                })?;
+                log.answered_by = Some(plugin.name().clone());
+                early = Some((status, headers, body));
+                break;
+            }
+        }
+    }
+
+    // 5. upstream (unless a plugin answered)
+    let (status, mut headers, body) = match early {
+        Some((status, headers, bytes)) => (status, headers, body::full(bytes)),
+        None => {
+            let resp = forward(&route, &state, body, max_body).await?;
+            let (p, b) = resp.into_parts();
+            (p.status, p.headers, b)
+        }
+    };
+    let framing = headers.get(header::CONTENT_LENGTH).cloned();
+    strip_hop_by_hop(&mut headers);
+
+    // 6. response chain, reverse order
+    let mut resp_state = ResponseState { status, headers };
+    state.read_only = true;
+    for plugin in route.chain[..ran].iter().rev() {
+        let (back, result) = plugin.on_response(state, resp_state).await;
+        result?;
+        (state, resp_state) = back.ok_or_else(|| GatewayError::Internal("plugin lost the response".into()))?;
+    }
+
+    let mut resp = Response::new(body);
+    *resp.status_mut() = resp_state.status;
+    *resp.headers_mut() = resp_state.headers;
+    // Framing belongs to the gateway: a plugin cannot desync the body length.
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    if let Some(cl) = framing {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, cl);
+    }
+    Ok(resp)
+}
+
+async fn forward(
+    route: &Route,
+    state: &RequestState,
+    body: Incoming,
+    max_body: u64,
+) -> Result<Response<Body>, GatewayError> {
+    let mut pq = state.path.clone();
+    if let Some(q) = &state.query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut headers: HeaderMap = state.headers.clone();
+    set_forwarded(&mut headers, state.client, state.authority.as_deref());
+    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
+
+    let upstream = &route.upstream;
+    let target = upstream.pick();
+    let uri = match target {
+        Target::Echo => pq.clone(),
+        Target::Http(authority) => format!("http://{authority}{pq}"),
+    };
+    let mut req = Request::builder()
+        .method(state.method.clone())
+        .uri(uri)
+        .body(body)
+        .map_err(|e| GatewayError::Internal(format!("cannot build the upstream request: {e}")))?;
+    *req.headers_mut() = headers;
+
+    match target {
+        Target::Echo => echo::respond(req).await.map_err(|e| classify(e, max_body, "builtin:echo")),
+        Target::Http(authority) => match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout(upstream.request_timeout)),
+            Ok(Err(e)) => Err(classify(Box::new(e), max_body, authority.as_str())),
+            Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
+        },
+    }
+}
+
+/// Sorts a failed exchange into client-body-too-large or upstream failure.
+fn classify(e: BoxError, max_body: u64, target: &str) -> GatewayError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return GatewayError::BodyTooLarge(max_body);
+        }
+        source = err.source();
+    }
+    GatewayError::UpstreamUnavailable(format!("{target}: {}", error_chain(e.as_ref())))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

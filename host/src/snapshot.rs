@@ -1,0 +1,302 @@
+//! The resolved, immutable runtime form of a manifest: listeners, routing
+//! table, upstreams, and each route's chain of loaded plugins with its
+//! validated config. Requests read one snapshot from start to end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_spanned::Spanned;
+
+use crate::config::{self, ConfigError, Manifest};
+use crate::plugin::{ChainPlugin, LoadedPlugin, Runtime};
+use crate::router::{HostMatch, PathMatch, RouteRule, Router};
+use crate::upstream::{Target, Upstream};
+
+/// Listener and connection settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Time allowed to read a request head.
+    pub header_read_timeout: Duration,
+    /// Cap on the request head.
+    pub max_header_bytes: usize,
+    /// Cap on a request body.
+    pub max_body_bytes: u64,
+}
+
+/// A route, resolved.
+pub struct Route {
+    /// The route's id.
+    pub id: Arc<str>,
+    /// Where its requests go.
+    pub upstream: Arc<Upstream>,
+    /// Its plugins, in order.
+    pub chain: Vec<ChainPlugin>,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chain: Vec<&str> = self.chain.iter().map(|p| &*p.plugin.name).collect();
+        f.debug_struct("Route").field("id", &self.id).field("upstream", &self.upstream.name).field("chain", &chain).finish()
+    }
+}
+
+/// Everything a request needs, loaded and checked.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Listener settings.
+    pub server: ServerSettings,
+    /// The routing table.
+    pub router: Router<Route>,
+    /// Routes in manifest order.
+    pub routes: Vec<Arc<Route>>,
+    /// Loaded plugins by name.
+    pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// How long loading took.
+    pub load_time: Duration,
+}
+
+/// Every error found while loading a manifest.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+struct Loader<'a> {
+    m: &'a Manifest,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader<'_> {
+    fn err<T>(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>, help: Option<String>) -> Option<T> {
+        let mut e = self.m.error_at(span, msg);
+        if let Some(h) = help {
+            e = e.help(h);
+        }
+        self.errors.push(e);
+        None
+    }
+}
+
+impl Snapshot {
+    /// Loads the manifest at `path` and everything it references.
+    pub async fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<Snapshot, ConfigErrors> {
+        let started = Instant::now();
+        let manifest = Manifest::load(path)?;
+        Self::resolve(&manifest, runtime, started).await
+    }
+
+    async fn resolve(m: &Manifest, runtime: &Arc<Runtime>, started: Instant) -> Result<Snapshot, ConfigErrors> {
+        let mut l = Loader { m, errors: Vec::new() };
+        let doc = &m.doc;
+
+        let mut listen = Vec::new();
+        for a in &doc.server.listen {
+            match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => listen.push(addr),
+                Err(_) => {
+                    l.err::<()>(a.span(), format!("invalid listen address `{}`", a.get_ref()), Some("write it as `IP:PORT`, e.g. \"127.0.0.1:8080\" or \"[::]:8080\"".into()));
+                }
+            }
+        }
+        if doc.server.max_header_bytes < 8192 {
+            l.err::<()>(0..0, "server.max_header_bytes must be at least 8192", None);
+        }
+        let server = ServerSettings {
+            listen,
+            header_read_timeout: doc.server.header_read_timeout.0,
+            max_header_bytes: doc.server.max_header_bytes,
+            max_body_bytes: doc.server.max_body_bytes,
+        };
+
+        // Upstreams.
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for (name, u) in &doc.upstreams {
+            if u.targets.is_empty() {
+                l.err::<()>(name.span(), format!("upstream `{}` has no targets", name.get_ref()), Some("add `targets = [\"http://127.0.0.1:9000\"]`".into()));
+                continue;
+            }
+            let mut targets = Vec::new();
+            for t in &u.targets {
+                match Target::parse(t.get_ref()) {
+                    Ok(t) => targets.push(t),
+                    Err(e) => {
+                        l.err::<()>(t.span(), e, None);
+                    }
+                }
+            }
+            let up = Upstream::new(name.get_ref().to_string(), targets, u.connect_timeout.0, u.request_timeout.0);
+            upstreams.insert(name.get_ref().to_string(), Arc::new(up));
+        }
+
+        // Plugins: compile each once, off the async threads.
+        let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
+        for (name, p) in &doc.plugins {
+            let file = m.base_dir().join(p.path.get_ref());
+            if !file.is_file() {
+                l.err::<()>(
+                    p.path.span(),
+                    format!("plugin `{}`: file `{}` not found", name.get_ref(), file.display()),
+                    Some("paths are relative to the manifest; build the plugin with `cargo build --target wasm32-wasip2` first".into()),
+                );
+                continue;
+            }
+            let (rt, n, f) = (runtime.clone(), name.get_ref().to_string(), file.clone());
+            let loaded = tokio::task::spawn_blocking(move || rt.load(&n, &f)).await;
+            match loaded {
+                Ok(Ok(lp)) => {
+                    plugins.insert(name.get_ref().to_string(), Arc::new(lp));
+                }
+                Ok(Err(e)) => {
+                    l.err::<()>(p.path.span(), format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()), Some("build it with weir-sdk for wasm32-wasip2 against wit/ (weir:plugin@0.1.0)".into()));
+                }
+                Err(e) => {
+                    l.err::<()>(p.path.span(), format!("plugin `{}`: loader panicked: {e}", name.get_ref()), None);
+                }
+            }
+        }
+
+        // Routes.
+        let mut seen: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
+        let mut routes = Vec::new();
+        let mut rules = Vec::new();
+        for r in &doc.routes {
+            let r = r.get_ref();
+            let id = r.id.get_ref().as_str();
+            if let Some(first) = seen.get(id) {
+                let line = config::Location::from_offset(&m.source, first.start).line;
+                l.err::<()>(r.id.span(), format!("duplicate route id `{id}` (first defined on line {line})"), Some("give each route a unique `id`".into()));
+                continue;
+            }
+            seen.insert(id, r.id.span());
+            let Some(resolved) = resolve_route(&mut l, r, &upstreams) else { continue };
+            let (rule, upstream) = resolved;
+
+            let route_id: Arc<str> = id.into();
+            let mut chain = Vec::new();
+            for entry in &r.plugins {
+                let entry_span = entry.span();
+                let entry = entry.get_ref();
+                let pname = entry.name.get_ref();
+                let Some(plugin) = plugins.get(pname.as_str()) else {
+                    if !doc.plugins.keys().any(|k| k.get_ref().as_str() == pname) {
+                        let known: Vec<&str> = doc.plugins.keys().map(|k| k.get_ref().as_str()).collect();
+                        l.err::<()>(
+                            entry.name.span(),
+                            format!("route `{id}`: unknown plugin `{pname}` (defined plugins: {})", list(&known)),
+                            Some(format!("define it with `[plugins.{pname}]` and `path = \"...wasm\"`, or fix the name")),
+                        );
+                    }
+                    continue;
+                };
+                let json = match &entry.config {
+                    Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
+                    None => "{}".into(),
+                };
+                let isolation = doc.plugins.iter().find(|(k, _)| k.get_ref().as_str() == pname).map(|(_, p)| p.isolation).unwrap_or_default();
+                match ChainPlugin::new(runtime.clone(), plugin.clone(), route_id.clone(), json, isolation).await {
+                    Ok(cp) => chain.push(cp),
+                    Err(e) => {
+                        let span = entry.config.as_ref().map(Spanned::span).unwrap_or(entry_span);
+                        l.err::<()>(span, format!("route `{id}`, plugin `{pname}`: {}", e.kind), Some(format!("fix this route's `config` table for `{pname}` (see the plugin's README)")));
+                    }
+                }
+            }
+            let route = Arc::new(Route { id: route_id, upstream, chain });
+            rules.push(RouteRule { host: rule.0, path: rule.1, methods: rule.2, target: route.clone() });
+            routes.push(route);
+        }
+
+        if !l.errors.is_empty() {
+            return Err(ConfigErrors(l.errors));
+        }
+        Ok(Snapshot { server, router: Router::new(rules), routes, plugins, load_time: started.elapsed() })
+    }
+}
+
+type Rule = (HostMatch, PathMatch, Vec<Method>);
+
+fn resolve_route(l: &mut Loader<'_>, r: &config::Route, upstreams: &HashMap<String, Arc<Upstream>>) -> Option<(Rule, Arc<Upstream>)> {
+    let id = r.id.get_ref().as_str();
+    let path = match (&r.path, &r.prefix) {
+        (Some(_), Some(p)) => return l.err(p.span(), format!("route `{id}` has both `path` and `prefix`"), Some("keep one: `path` matches exactly, `prefix` matches a subtree".into())),
+        (Some(p), None) => PathMatch::Exact(check_path(l, p)?),
+        (None, Some(p)) => PathMatch::Prefix(check_path(l, p)?),
+        (None, None) => PathMatch::Prefix("/".into()),
+    };
+    let host = match &r.host {
+        None => HostMatch::Any,
+        Some(h) => {
+            let v = h.get_ref().to_ascii_lowercase();
+            let bare = v.strip_prefix("*.").unwrap_or(&v);
+            if bare.is_empty() || bare.contains(['*', '/', ':', ' ']) {
+                return l.err(h.span(), format!("route `{id}`: invalid host `{}`", h.get_ref()), Some("use `api.example.com` or `*.example.com`, without port".into()));
+            }
+            match v.strip_prefix('*') {
+                Some(suffix) => HostMatch::Wildcard(suffix.to_string()),
+                None => HostMatch::Exact(v),
+            }
+        }
+    };
+    let mut methods = Vec::new();
+    for m in r.methods.iter().flatten() {
+        match Method::from_bytes(m.get_ref().as_bytes()) {
+            Ok(method) if m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+            _ => return l.err(m.span(), format!("route `{id}`: invalid method `{}`", m.get_ref()), Some("use upper-case method names like \"GET\"".into())),
+        }
+    }
+    let up = r.upstream.get_ref();
+    let upstream = if let Some(u) = upstreams.get(up.as_str()) {
+        u.clone()
+    } else if up.starts_with("builtin:") || up.contains("://") {
+        match Target::parse(up) {
+            Ok(t) => Arc::new(Upstream::new(up.clone(), vec![t], Duration::from_secs(5), Duration::from_secs(30))),
+            Err(e) => return l.err(r.upstream.span(), format!("route `{id}`: {e}"), None),
+        }
+    } else {
+        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        known.sort();
+        return l.err(
+            r.upstream.span(),
+            format!("route `{id}`: unknown upstream `{up}` (defined upstreams: {})", list(&known)),
+            Some(format!("define `[upstreams.{up}]` with `targets`, or use a URL like \"http://127.0.0.1:9000\" or \"builtin:echo\"")),
+        );
+    };
+    Some(((host, path, methods), upstream))
+}
+
+fn check_path(l: &mut Loader<'_>, p: &Spanned<String>) -> Option<String> {
+    match crate::path::normalise(p.get_ref()) {
+        Ok(n) if &n == p.get_ref() => Some(n),
+        Ok(n) => l.err(p.span(), format!("route path `{}` is not in normal form", p.get_ref()), Some(format!("write it as `{n}`: requests are matched after normalisation"))),
+        Err(e) => l.err(p.span(), format!("invalid route path `{}`: {e}", p.get_ref()), None),
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}

@@ -1,0 +1,259 @@
+//! # weir-sdk: write filters for the Weir API gateway
+//!
+//! A filter is a WebAssembly component that Weir runs in a sandbox on every
+//! request of the routes that list it. Writing one takes four steps:
+//!
+//! 1. `cargo new --lib my-filter`, then in its `Cargo.toml` set
+//!    `crate-type = ["cdylib"]` under `[lib]` and depend on `weir-sdk` and
+//!    `serde` (with the `derive` feature).
+//! 2. Implement [`Plugin`] for a type: its `Config` is the route's TOML table,
+//!    decoded with serde when the plugin is loaded; every hook has a no-op
+//!    default.
+//! 3. Call [`export!`] with the type.
+//! 4. `cargo build --target wasm32-wasip2 --release` and list the
+//!    `.wasm` in the gateway's manifest.
+//!
+//! ```no_run
+//! use weir_sdk::{Action, Plugin, Request, reply};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config {
+//!     /// Requests without this header are refused.
+//!     required: String,
+//! }
+//!
+//! struct RequireHeader {
+//!     config: Config,
+//! }
+//!
+//! impl Plugin for RequireHeader {
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         Ok(Self { config })
+//!     }
+//!
+//!     fn on_request(&mut self, req: &Request) -> Action {
+//!         if req.header(&self.config.required).is_none() {
+//!             return reply(400).text(format!("missing {}\n", self.config.required)).into();
+//!         }
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! weir_sdk::export!(RequireHeader);
+//! # fn main() {}
+//! ```
+//!
+//! Host services are in [`log`], [`clock`] and [`state`] (shared counters and
+//! token buckets, atomic across every instance of the plugin).
+#![deny(missing_docs)]
+
+extern crate self as weir_sdk;
+
+use std::any::Any;
+use std::cell::RefCell;
+
+/// Bindings generated from the `weir:plugin` WIT package. Most authors only
+/// need the re-exports at the crate root.
+#[allow(missing_docs, unsafe_code)]
+pub mod wit {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "weir_sdk::wit",
+        runtime_path: "weir_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+pub use wit::weir::plugin::http::{Action, EditError, Header, Reply, Request, Response};
+
+/// Logging into the gateway's log; records carry the plugin and route.
+pub mod log {
+    pub use crate::wit::weir::plugin::log::Level;
+    use crate::wit::weir::plugin::log::log as host_log;
+
+    /// Logs `message` at `level` with extra key/value `fields`.
+    pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        host_log(level, message, &fields);
+    }
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message, &[]);
+    }
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message, &[]);
+    }
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message, &[]);
+    }
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message, &[]);
+    }
+}
+
+/// Wall-clock time from the host.
+pub mod clock {
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        crate::wit::weir::plugin::clock::now_ms()
+    }
+    /// Seconds since the Unix epoch.
+    pub fn now_secs() -> u64 {
+        now_ms() / 1000
+    }
+}
+
+/// Shared state owned by the host: counters and token buckets that every
+/// instance of this plugin sees, updated atomically.
+pub mod state {
+    pub use crate::wit::weir::plugin::state::{Bucket, TakeResult, WindowCount, incr_window, take};
+}
+
+/// A filter. Implement it for a type and pass the type to [`export!`].
+///
+/// One value of the type lives in each sandboxed instance and, unless the
+/// route sets `isolation = "request"`, serves many requests one at a time.
+/// Keep state that all instances must agree on in [`state`].
+pub trait Plugin: Sized + 'static {
+    /// The per-route config, decoded from the manifest's TOML table.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Builds the filter from its config when the gateway loads it for a
+    /// route. Returning `Err` rejects the config: `weir check` and startup
+    /// fail with this message, naming the route and plugin.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// Runs for each request, in the route's plugin order. The default
+    /// lets the request through.
+    fn on_request(&mut self, req: &Request) -> Action {
+        let _ = req;
+        Action::Continue
+    }
+
+    /// Runs for each response, in reverse plugin order. The request is
+    /// read-only here. The default does nothing.
+    fn on_response(&mut self, req: &Request, resp: &Response) {
+        let _ = (req, resp);
+    }
+}
+
+/// Starts an early reply with `status`; finish with [`ReplyBuilder::text`],
+/// [`ReplyBuilder::json`] or [`ReplyBuilder::empty`], or turn it into an
+/// [`Action`] with `.into()`.
+pub fn reply(status: u16) -> ReplyBuilder {
+    ReplyBuilder {
+        reply: Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+    }
+}
+
+/// Builds a [`Reply`] for [`Action::Respond`].
+#[derive(Debug, Clone)]
+pub struct ReplyBuilder {
+    reply: Reply,
+}
+
+impl ReplyBuilder {
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.reply.headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+    /// Sets a `text/plain` body.
+    pub fn text(self, body: impl Into<String>) -> Self {
+        self.header("content-type", "text/plain; charset=utf-8")
+            .body(body.into().into_bytes())
+    }
+    /// Sets an `application/json` body.
+    pub fn json(self, body: &serde_json::Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(body.to_string().into_bytes())
+    }
+    /// Sets the raw body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.reply.body = body.into();
+        self
+    }
+    /// Finishes as an [`Action::Respond`].
+    pub fn empty(self) -> Action {
+        self.into()
+    }
+}
+
+impl From<ReplyBuilder> for Action {
+    fn from(b: ReplyBuilder) -> Action {
+        Action::Respond(b.reply)
+    }
+}
+
+/// Plumbing used by [`export!`]; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use super::*;
+    use crate::wit::exports::weir::plugin::filter::Guest;
+
+    thread_local! {
+        // One filter value per instance; wasm32-wasip2 instances are single-threaded.
+        static FILTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    fn with_filter<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> R {
+        FILTER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let filter = slot
+                .as_mut()
+                .and_then(|b| b.downcast_mut::<P>())
+                .expect("weir: hook called before init");
+            f(filter)
+        })
+    }
+
+    /// Bridges the generated `Guest` trait to a [`Plugin`].
+    pub struct Adapter<P>(std::marker::PhantomData<P>);
+
+    impl<P: Plugin> Guest for Adapter<P> {
+        fn init(config: String) -> Result<(), String> {
+            let config: P::Config = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+            let filter = P::new(config)?;
+            FILTER.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
+            Ok(())
+        }
+        fn on_request(req: &Request) -> Action {
+            with_filter::<P, _>(|f| f.on_request(req))
+        }
+        fn on_response(req: &Request, resp: &Response) {
+            with_filter::<P, _>(|f| f.on_response(req, resp))
+        }
+    }
+}
+
+/// Exports a [`Plugin`] type as the component's filter.
+///
+/// ```ignore
+/// weir_sdk::export!(MyFilter);
+/// ```
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        type __WeirAdapter = $crate::__private::Adapter<$plugin>;
+        $crate::wit::__export_plugin_world!(__WeirAdapter with_types_in $crate::wit);
+    };
+}
