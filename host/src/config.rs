@@ -245,7 +245,11 @@ impl Manifest {
     }
 
     /// An error located at `span` in this manifest.
-    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let loc = (span != (0..0)).then(|| Location::from_offset(&self.source, span.start));
         ConfigError::new(&self.path, loc, message)
     }

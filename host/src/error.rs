@@ -51,10 +51,13 @@ impl GatewayError {
     /// Whose fault it is.
     pub fn blame(&self) -> Blame {
         match self {
-            GatewayError::BadPath(_) | GatewayError::NoRoute | GatewayError::MethodNotAllowed | GatewayError::BodyTooLarge(_) => {
-                Blame::Downstream
+            GatewayError::BadPath(_)
+            | GatewayError::NoRoute
+            | GatewayError::MethodNotAllowed
+            | GatewayError::BodyTooLarge(_) => Blame::Downstream,
+            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_) => {
+                Blame::Upstream
             }
-            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_) => Blame::Upstream,
             GatewayError::Plugin(_) => Blame::Plugin,
             GatewayError::Internal(_) => Blame::Internal,
         }
@@ -74,7 +77,9 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Plugin(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Plugin(_) | GatewayError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -84,11 +89,17 @@ impl GatewayError {
         let status = self.status();
         let text = match self.blame() {
             Blame::Downstream => format!("{self}\n"),
-            _ => format!("{}\n", status.canonical_reason().unwrap_or("error").to_lowercase()),
+            _ => format!(
+                "{}\n",
+                status.canonical_reason().unwrap_or("error").to_lowercase()
+            ),
         };
         let mut resp = Response::new(full(text));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 }

@@ -64,9 +64,19 @@ impl Gateway {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             addrs.push(proxy::bound(&listener)?);
-            tasks.push(tokio::spawn(proxy::serve(listener, current.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(proxy::serve(
+                listener,
+                current.clone(),
+                stop_rx.clone(),
+            )));
         }
-        Ok(Gateway { manifest: manifest.to_path_buf(), current, addrs, stop, tasks })
+        Ok(Gateway {
+            manifest: manifest.to_path_buf(),
+            current,
+            addrs,
+            stop,
+            tasks,
+        })
     }
 
     /// The addresses the listeners bound (the real port when the manifest says `:0`).
@@ -98,5 +108,7 @@ impl Gateway {
 
 /// Loads everything a manifest references, as `weir run` would, without serving.
 pub async fn check(manifest: &Path) -> Result<Arc<Snapshot>, ConfigErrors> {
-    Snapshot::load(manifest, Runtime::global()).await.map(Arc::new)
+    Snapshot::load(manifest, Runtime::global())
+        .await
+        .map(Arc::new)
 }

@@ -121,7 +121,11 @@ mod tests {
             ("/a%20b", "/a%20b"),
         ];
         for (input, want) in cases {
-            assert_eq!(normalise(input).as_deref(), Ok(want), "normalise({input:?})");
+            assert_eq!(
+                normalise(input).as_deref(),
+                Ok(want),
+                "normalise({input:?})"
+            );
         }
     }
 

@@ -76,16 +76,22 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
 
         let weak = engine.weak();
-        std::thread::Builder::new().name("weir-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
 
-        Ok(Runtime { engine, linker, shared: Arc::new(SharedState::default()) })
+        Ok(Runtime {
+            engine,
+            linker,
+            shared: Arc::new(SharedState::default()),
+        })
     }
 
     /// Reads, hashes, compiles and pre-links a plugin. Blocking: call it off the request path.
@@ -95,11 +101,37 @@ impl Runtime {
             return Err(LoadError::TooLarge(bytes.len()));
         }
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let component = Component::from_binary(&self.engine, &bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        check_header(&bytes)?;
+        let component = Component::from_binary(&self.engine, &bytes)
+            .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
-        Ok(LoadedPlugin { name: name.into(), path: path.to_path_buf(), sha256, size: bytes.len(), pre })
+        Ok(LoadedPlugin {
+            name: name.into(),
+            path: path.to_path_buf(),
+            sha256,
+            size: bytes.len(),
+            pre,
+        })
     }
+}
+
+/// Names the common mistakes before the parser does, in words an operator can act on.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(LoadError::Compile(
+            "this is a core WebAssembly module, not a component; build for the wasm32-wasip2 target".into(),
+        )),
+        _ => Err(LoadError::Compile("not a WebAssembly file (it does not start with `\\0asm`)".into())),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
 }
 
 /// A compiled, pre-linked plugin version.
@@ -117,7 +149,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.name).field("sha256", &self.sha256).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .finish()
     }
 }
 

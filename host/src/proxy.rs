@@ -20,7 +20,11 @@ use crate::snapshot::Snapshot;
 
 /// Accepts connections on `listener` until `stop` flips, serving HTTP/1.1
 /// and h2c (prior knowledge) on the same port.
-pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Snapshot>>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    current: Arc<ArcSwap<Snapshot>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -54,7 +58,10 @@ pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Snapshot>>, mut s
                 let snap = current.load_full();
                 async move { Ok::<_, Infallible>(handler::handle(snap, req, peer).await) }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -22,7 +22,9 @@ impl PathMatch {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => {
                 path.starts_with(p.as_str())
-                    && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+                    && (p.ends_with('/')
+                        || path.len() == p.len()
+                        || path.as_bytes()[p.len()] == b'/')
             }
         }
     }
@@ -51,7 +53,9 @@ impl HostMatch {
         match (self, host) {
             (HostMatch::Any, _) => true,
             (HostMatch::Exact(h), Some(host)) => h == host,
-            (HostMatch::Wildcard(suffix), Some(host)) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            (HostMatch::Wildcard(suffix), Some(host)) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
             _ => false,
         }
     }
@@ -128,7 +132,12 @@ mod tests {
     use super::*;
 
     fn rule(host: HostMatch, path: PathMatch, name: &'static str) -> RouteRule<&'static str> {
-        RouteRule { host, path, methods: vec![], target: Arc::new(name) }
+        RouteRule {
+            host,
+            path,
+            methods: vec![],
+            target: Arc::new(name),
+        }
     }
 
     #[test]
@@ -138,8 +147,16 @@ mod tests {
             rule(HostMatch::Any, PathMatch::Prefix("/api".into()), "api"),
             rule(HostMatch::Any, PathMatch::Prefix("/api/v2".into()), "v2"),
             rule(HostMatch::Any, PathMatch::Exact("/api".into()), "api-exact"),
-            rule(HostMatch::Exact("a.test".into()), PathMatch::Prefix("/".into()), "host-a"),
-            rule(HostMatch::Wildcard(".w.test".into()), PathMatch::Prefix("/".into()), "wild"),
+            rule(
+                HostMatch::Exact("a.test".into()),
+                PathMatch::Prefix("/".into()),
+                "host-a",
+            ),
+            rule(
+                HostMatch::Wildcard(".w.test".into()),
+                PathMatch::Prefix("/".into()),
+                "wild",
+            ),
         ]);
         let get = |h: Option<&str>, p: &str| **r.find(h, p, &Method::GET).unwrap();
         assert_eq!(get(None, "/x"), "root");

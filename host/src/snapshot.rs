@@ -43,7 +43,11 @@ pub struct Route {
 impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let chain: Vec<&str> = self.chain.iter().map(|p| &*p.plugin.name).collect();
-        f.debug_struct("Route").field("id", &self.id).field("upstream", &self.upstream.name).field("chain", &chain).finish()
+        f.debug_struct("Route")
+            .field("id", &self.id)
+            .field("upstream", &self.upstream.name)
+            .field("chain", &chain)
+            .finish()
     }
 }
 
@@ -92,7 +96,12 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn err<T>(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>, help: Option<String>) -> Option<T> {
+    fn err<T>(
+        &mut self,
+        span: std::ops::Range<usize>,
+        msg: impl Into<String>,
+        help: Option<String>,
+    ) -> Option<T> {
         let mut e = self.m.error_at(span, msg);
         if let Some(h) = help {
             e = e.help(h);
@@ -110,8 +119,15 @@ impl Snapshot {
         Self::resolve(&manifest, runtime, started).await
     }
 
-    async fn resolve(m: &Manifest, runtime: &Arc<Runtime>, started: Instant) -> Result<Snapshot, ConfigErrors> {
-        let mut l = Loader { m, errors: Vec::new() };
+    async fn resolve(
+        m: &Manifest,
+        runtime: &Arc<Runtime>,
+        started: Instant,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let mut l = Loader {
+            m,
+            errors: Vec::new(),
+        };
         let doc = &m.doc;
 
         let mut listen = Vec::new();
@@ -119,7 +135,14 @@ impl Snapshot {
             match a.get_ref().parse::<SocketAddr>() {
                 Ok(addr) => listen.push(addr),
                 Err(_) => {
-                    l.err::<()>(a.span(), format!("invalid listen address `{}`", a.get_ref()), Some("write it as `IP:PORT`, e.g. \"127.0.0.1:8080\" or \"[::]:8080\"".into()));
+                    l.err::<()>(
+                        a.span(),
+                        format!("invalid listen address `{}`", a.get_ref()),
+                        Some(
+                            "write it as `IP:PORT`, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""
+                                .into(),
+                        ),
+                    );
                 }
             }
         }
@@ -137,7 +160,11 @@ impl Snapshot {
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for (name, u) in &doc.upstreams {
             if u.targets.is_empty() {
-                l.err::<()>(name.span(), format!("upstream `{}` has no targets", name.get_ref()), Some("add `targets = [\"http://127.0.0.1:9000\"]`".into()));
+                l.err::<()>(
+                    name.span(),
+                    format!("upstream `{}` has no targets", name.get_ref()),
+                    Some("add `targets = [\"http://127.0.0.1:9000\"]`".into()),
+                );
                 continue;
             }
             let mut targets = Vec::new();
@@ -149,7 +176,12 @@ impl Snapshot {
                     }
                 }
             }
-            let up = Upstream::new(name.get_ref().to_string(), targets, u.connect_timeout.0, u.request_timeout.0);
+            let up = Upstream::new(
+                name.get_ref().to_string(),
+                targets,
+                u.connect_timeout.0,
+                u.request_timeout.0,
+            );
             upstreams.insert(name.get_ref().to_string(), Arc::new(up));
         }
 
@@ -175,7 +207,11 @@ impl Snapshot {
                     l.err::<()>(p.path.span(), format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()), Some("build it with weir-sdk for wasm32-wasip2 against wit/ (weir:plugin@0.1.0)".into()));
                 }
                 Err(e) => {
-                    l.err::<()>(p.path.span(), format!("plugin `{}`: loader panicked: {e}", name.get_ref()), None);
+                    l.err::<()>(
+                        p.path.span(),
+                        format!("plugin `{}`: loader panicked: {e}", name.get_ref()),
+                        None,
+                    );
                 }
             }
         }
@@ -189,11 +225,17 @@ impl Snapshot {
             let id = r.id.get_ref().as_str();
             if let Some(first) = seen.get(id) {
                 let line = config::Location::from_offset(&m.source, first.start).line;
-                l.err::<()>(r.id.span(), format!("duplicate route id `{id}` (first defined on line {line})"), Some("give each route a unique `id`".into()));
+                l.err::<()>(
+                    r.id.span(),
+                    format!("duplicate route id `{id}` (first defined on line {line})"),
+                    Some("give each route a unique `id`".into()),
+                );
                 continue;
             }
             seen.insert(id, r.id.span());
-            let Some(resolved) = resolve_route(&mut l, r, &upstreams) else { continue };
+            let Some(resolved) = resolve_route(&mut l, r, &upstreams) else {
+                continue;
+            };
             let (rule, upstream) = resolved;
 
             let route_id: Arc<str> = id.into();
@@ -204,7 +246,8 @@ impl Snapshot {
                 let pname = entry.name.get_ref();
                 let Some(plugin) = plugins.get(pname.as_str()) else {
                     if !doc.plugins.keys().any(|k| k.get_ref().as_str() == pname) {
-                        let known: Vec<&str> = doc.plugins.keys().map(|k| k.get_ref().as_str()).collect();
+                        let known: Vec<&str> =
+                            doc.plugins.keys().map(|k| k.get_ref().as_str()).collect();
                         l.err::<()>(
                             entry.name.span(),
                             format!("route `{id}`: unknown plugin `{pname}` (defined plugins: {})", list(&known)),
@@ -217,33 +260,75 @@ impl Snapshot {
                     Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
                     None => "{}".into(),
                 };
-                let isolation = doc.plugins.iter().find(|(k, _)| k.get_ref().as_str() == pname).map(|(_, p)| p.isolation).unwrap_or_default();
-                match ChainPlugin::new(runtime.clone(), plugin.clone(), route_id.clone(), json, isolation).await {
+                let isolation = doc
+                    .plugins
+                    .iter()
+                    .find(|(k, _)| k.get_ref().as_str() == pname)
+                    .map(|(_, p)| p.isolation)
+                    .unwrap_or_default();
+                match ChainPlugin::new(
+                    runtime.clone(),
+                    plugin.clone(),
+                    route_id.clone(),
+                    json,
+                    isolation,
+                )
+                .await
+                {
                     Ok(cp) => chain.push(cp),
                     Err(e) => {
-                        let span = entry.config.as_ref().map(Spanned::span).unwrap_or(entry_span);
+                        let span = entry
+                            .config
+                            .as_ref()
+                            .map(Spanned::span)
+                            .unwrap_or(entry_span);
                         l.err::<()>(span, format!("route `{id}`, plugin `{pname}`: {}", e.kind), Some(format!("fix this route's `config` table for `{pname}` (see the plugin's README)")));
                     }
                 }
             }
-            let route = Arc::new(Route { id: route_id, upstream, chain });
-            rules.push(RouteRule { host: rule.0, path: rule.1, methods: rule.2, target: route.clone() });
+            let route = Arc::new(Route {
+                id: route_id,
+                upstream,
+                chain,
+            });
+            rules.push(RouteRule {
+                host: rule.0,
+                path: rule.1,
+                methods: rule.2,
+                target: route.clone(),
+            });
             routes.push(route);
         }
 
         if !l.errors.is_empty() {
             return Err(ConfigErrors(l.errors));
         }
-        Ok(Snapshot { server, router: Router::new(rules), routes, plugins, load_time: started.elapsed() })
+        Ok(Snapshot {
+            server,
+            router: Router::new(rules),
+            routes,
+            plugins,
+            load_time: started.elapsed(),
+        })
     }
 }
 
 type Rule = (HostMatch, PathMatch, Vec<Method>);
 
-fn resolve_route(l: &mut Loader<'_>, r: &config::Route, upstreams: &HashMap<String, Arc<Upstream>>) -> Option<(Rule, Arc<Upstream>)> {
+fn resolve_route(
+    l: &mut Loader<'_>,
+    r: &config::Route,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+) -> Option<(Rule, Arc<Upstream>)> {
     let id = r.id.get_ref().as_str();
     let path = match (&r.path, &r.prefix) {
-        (Some(_), Some(p)) => return l.err(p.span(), format!("route `{id}` has both `path` and `prefix`"), Some("keep one: `path` matches exactly, `prefix` matches a subtree".into())),
+        (Some(_), Some(p)) => {
+            return l.err(
+                p.span(),
+                format!("route `{id}` has both `path` and `prefix`"),
+                Some("keep one: `path` matches exactly, `prefix` matches a subtree".into()),
+            );
+        }
         (Some(p), None) => PathMatch::Exact(check_path(l, p)?),
         (None, Some(p)) => PathMatch::Prefix(check_path(l, p)?),
         (None, None) => PathMatch::Prefix("/".into()),
@@ -254,7 +339,11 @@ fn resolve_route(l: &mut Loader<'_>, r: &config::Route, upstreams: &HashMap<Stri
             let v = h.get_ref().to_ascii_lowercase();
             let bare = v.strip_prefix("*.").unwrap_or(&v);
             if bare.is_empty() || bare.contains(['*', '/', ':', ' ']) {
-                return l.err(h.span(), format!("route `{id}`: invalid host `{}`", h.get_ref()), Some("use `api.example.com` or `*.example.com`, without port".into()));
+                return l.err(
+                    h.span(),
+                    format!("route `{id}`: invalid host `{}`", h.get_ref()),
+                    Some("use `api.example.com` or `*.example.com`, without port".into()),
+                );
             }
             match v.strip_prefix('*') {
                 Some(suffix) => HostMatch::Wildcard(suffix.to_string()),
@@ -265,8 +354,16 @@ fn resolve_route(l: &mut Loader<'_>, r: &config::Route, upstreams: &HashMap<Stri
     let mut methods = Vec::new();
     for m in r.methods.iter().flatten() {
         match Method::from_bytes(m.get_ref().as_bytes()) {
-            Ok(method) if m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
-            _ => return l.err(m.span(), format!("route `{id}`: invalid method `{}`", m.get_ref()), Some("use upper-case method names like \"GET\"".into())),
+            Ok(method) if m.get_ref().bytes().all(|b| b.is_ascii_uppercase()) => {
+                methods.push(method)
+            }
+            _ => {
+                return l.err(
+                    m.span(),
+                    format!("route `{id}`: invalid method `{}`", m.get_ref()),
+                    Some("use upper-case method names like \"GET\"".into()),
+                );
+            }
         }
     }
     let up = r.upstream.get_ref();
@@ -274,7 +371,12 @@ fn resolve_route(l: &mut Loader<'_>, r: &config::Route, upstreams: &HashMap<Stri
         u.clone()
     } else if up.starts_with("builtin:") || up.contains("://") {
         match Target::parse(up) {
-            Ok(t) => Arc::new(Upstream::new(up.clone(), vec![t], Duration::from_secs(5), Duration::from_secs(30))),
+            Ok(t) => Arc::new(Upstream::new(
+                up.clone(),
+                vec![t],
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )),
             Err(e) => return l.err(r.upstream.span(), format!("route `{id}`: {e}"), None),
         }
     } else {
@@ -292,11 +394,25 @@ fn resolve_route(l: &mut Loader<'_>, r: &config::Route, upstreams: &HashMap<Stri
 fn check_path(l: &mut Loader<'_>, p: &Spanned<String>) -> Option<String> {
     match crate::path::normalise(p.get_ref()) {
         Ok(n) if &n == p.get_ref() => Some(n),
-        Ok(n) => l.err(p.span(), format!("route path `{}` is not in normal form", p.get_ref()), Some(format!("write it as `{n}`: requests are matched after normalisation"))),
-        Err(e) => l.err(p.span(), format!("invalid route path `{}`: {e}", p.get_ref()), None),
+        Ok(n) => l.err(
+            p.span(),
+            format!("route path `{}` is not in normal form", p.get_ref()),
+            Some(format!(
+                "write it as `{n}`: requests are matched after normalisation"
+            )),
+        ),
+        Err(e) => l.err(
+            p.span(),
+            format!("invalid route path `{}`: {e}", p.get_ref()),
+            None,
+        ),
     }
 }
 
 fn list(names: &[&str]) -> String {
-    if names.is_empty() { "none".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }

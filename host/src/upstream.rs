@@ -28,14 +28,23 @@ impl Target {
         if s == "builtin:echo" {
             return Ok(Target::Echo);
         }
-        let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a valid URL: {e}"))?;
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("`{s}` is not a valid URL: {e}"))?;
         if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(format!("`{s}`: only `http://` targets and `builtin:echo` are supported"));
+            return Err(format!(
+                "`{s}`: only `http://` targets and `builtin:echo` are supported"
+            ));
         }
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-            return Err(format!("`{s}`: a target is `http://host:port` with no path"));
+            return Err(format!(
+                "`{s}`: a target is `http://host:port` with no path"
+            ));
         }
-        let authority = uri.authority().cloned().ok_or_else(|| format!("`{s}` has no host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{s}` has no host"))?;
         Ok(Target::Http(authority))
     }
 }
@@ -54,13 +63,21 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("targets", &self.targets).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("targets", &self.targets)
+            .finish()
     }
 }
 
 impl Upstream {
     /// A new upstream with its own connection pool.
-    pub fn new(name: String, targets: Vec<Target>, connect_timeout: Duration, request_timeout: Duration) -> Upstream {
+    pub fn new(
+        name: String,
+        targets: Vec<Target>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -71,7 +88,13 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Upstream { name, targets, next: AtomicUsize::new(0), request_timeout, client }
+        Upstream {
+            name,
+            targets,
+            next: AtomicUsize::new(0),
+            request_timeout,
+            client,
+        }
     }
 
     /// The next target, round robin.

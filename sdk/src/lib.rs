@@ -226,12 +226,29 @@ pub mod __private {
         })
     }
 
+    /// Decodes the route's config; errors name the field (`keys[0].consumer: ...`).
+    pub fn decode_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            // The JSON is the host's rendering of TOML: its line/column mean nothing to the operator.
+            let msg = e.inner().to_string();
+            let msg = msg
+                .rfind(" at line ")
+                .map_or(msg.as_str(), |i| &msg[..i])
+                .to_string();
+            match e.path().to_string().as_str() {
+                "." => msg,
+                path => format!("{path}: {msg}"),
+            }
+        })
+    }
+
     /// Bridges the generated `Guest` trait to a [`Plugin`].
     pub struct Adapter<P>(std::marker::PhantomData<P>);
 
     impl<P: Plugin> Guest for Adapter<P> {
         fn init(config: String) -> Result<(), String> {
-            let config: P::Config = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+            let config: P::Config = decode_config(&config)?;
             let filter = P::new(config)?;
             FILTER.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
             Ok(())

@@ -17,7 +17,9 @@ impl Duration {
 impl TryFrom<String> for Duration {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        parse(&s).ok_or_else(|| format!("invalid duration `{s}`: expected e.g. \"500ms\", \"10s\", \"2m\" or \"1h\""))
+        parse(&s).ok_or_else(|| {
+            format!("invalid duration `{s}`: expected e.g. \"500ms\", \"10s\", \"2m\" or \"1h\"")
+        })
     }
 }
 

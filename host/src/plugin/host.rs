@@ -26,7 +26,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(plugin: Arc<str>, route: Arc<str>, shared: Arc<state::SharedState>, max_memory: usize) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        route: Arc<str>,
+        shared: Arc<state::SharedState>,
+        max_memory: usize,
+    ) -> Self {
         HostState {
             table: ResourceTable::new(),
             // Inert WASI: no preopened dirs, no env, no args, no sockets, stdio closed.
@@ -52,6 +57,9 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }

@@ -74,7 +74,14 @@ impl ChainPlugin {
         config_json: String,
         isolation: Isolation,
     ) -> Result<ChainPlugin, PluginError> {
-        let chain = ChainPlugin { plugin, route, isolation, config_json, runtime, idle: Mutex::new(Vec::new()) };
+        let chain = ChainPlugin {
+            plugin,
+            route,
+            isolation,
+            config_json,
+            runtime,
+            idle: Mutex::new(Vec::new()),
+        };
         let first = chain.instantiate().await?;
         chain.checkin(first);
         Ok(chain)
@@ -86,7 +93,11 @@ impl ChainPlugin {
     }
 
     fn error(&self, kind: PluginErrorKind) -> PluginError {
-        PluginError { plugin: self.plugin.name.clone(), route: self.route.clone(), kind }
+        PluginError {
+            plugin: self.plugin.name.clone(),
+            route: self.route.clone(),
+            kind,
+        }
     }
 
     fn trap(&self, e: wasmtime::Error) -> PluginError {
@@ -99,7 +110,12 @@ impl ChainPlugin {
     }
 
     async fn instantiate(&self) -> Result<Instance, PluginError> {
-        let state = HostState::new(self.plugin.name.clone(), self.route.clone(), self.runtime.shared.clone(), MAX_MEMORY);
+        let state = HostState::new(
+            self.plugin.name.clone(),
+            self.route.clone(),
+            self.runtime.shared.clone(),
+            MAX_MEMORY,
+        );
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -141,7 +157,10 @@ impl ChainPlugin {
 
     /// Runs the request hook. The request comes back (possibly changed)
     /// unless the instance failed in a way that lost it.
-    pub async fn on_request(&self, req: RequestState) -> (Option<RequestState>, Result<Action, PluginError>) {
+    pub async fn on_request(
+        &self,
+        req: RequestState,
+    ) -> (Option<RequestState>, Result<Action, PluginError>) {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (Some(req), Err(e)),
@@ -152,7 +171,11 @@ impl ChainPlugin {
         };
         inst.store.set_epoch_deadline(deadline_ticks());
         let handle = Resource::<RequestState>::new_borrow(res.rep());
-        let result = inst.filter.weir_plugin_filter().call_on_request(&mut inst.store, handle).await;
+        let result = inst
+            .filter
+            .weir_plugin_filter()
+            .call_on_request(&mut inst.store, handle)
+            .await;
         let req = inst.store.data_mut().table().delete(res).ok();
         match result {
             Ok(action) => {
@@ -169,7 +192,10 @@ impl ChainPlugin {
         &self,
         req: RequestState,
         resp: ResponseState,
-    ) -> (Option<(RequestState, ResponseState)>, Result<(), PluginError>) {
+    ) -> (
+        Option<(RequestState, ResponseState)>,
+        Result<(), PluginError>,
+    ) {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (Some((req, resp)), Err(e)),
@@ -177,11 +203,23 @@ impl ChainPlugin {
         let table = inst.store.data_mut().table();
         let (rq, rs) = match (table.push(req), table.push(resp)) {
             (Ok(a), Ok(b)) => (a, b),
-            _ => return (None, Err(self.error(PluginErrorKind::Trap("resource table full".into())))),
+            _ => {
+                return (
+                    None,
+                    Err(self.error(PluginErrorKind::Trap("resource table full".into()))),
+                );
+            }
         };
         inst.store.set_epoch_deadline(deadline_ticks());
-        let (hq, hs) = (Resource::new_borrow(rq.rep()), Resource::new_borrow(rs.rep()));
-        let result = inst.filter.weir_plugin_filter().call_on_response(&mut inst.store, hq, hs).await;
+        let (hq, hs) = (
+            Resource::new_borrow(rq.rep()),
+            Resource::new_borrow(rs.rep()),
+        );
+        let result = inst
+            .filter
+            .weir_plugin_filter()
+            .call_on_response(&mut inst.store, hq, hs)
+            .await;
         let table = inst.store.data_mut().table();
         let back = table.delete(rq).ok().zip(table.delete(rs).ok());
         match result {

@@ -34,7 +34,11 @@ use crate::upstream::{Target, echo};
 const MAX_REPLY_BODY: usize = 64 * 1024;
 
 /// Handles one request against `snap`; never fails: errors become responses.
-pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    snap: Arc<Snapshot>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
@@ -44,8 +48,12 @@ pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, peer: SocketAdd
         Err(e) => {
             log.answered_by = Some("gateway".into());
             match e.blame() {
-                crate::error::Blame::Downstream => tracing::debug!(%peer, path = raw_path, error = %e, "request refused"),
-                _ => tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed"),
+                crate::error::Blame::Downstream => {
+                    tracing::debug!(%peer, path = raw_path, error = %e, "request refused")
+                }
+                _ => {
+                    tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed")
+                }
             }
             e.to_response()
         }
@@ -70,12 +78,21 @@ struct Access {
     answered_by: Option<Arc<str>>,
 }
 
-async fn proxy(snap: &Snapshot, req: Request<Incoming>, peer: SocketAddr, log: &mut Access) -> Result<Response<Body>, GatewayError> {
+async fn proxy(
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    log: &mut Access,
+) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
 
     // 1. limits
     let max_body = snap.server.max_body_bytes;
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
         return Err(GatewayError::BodyTooLarge(max_body));
     }
@@ -89,12 +106,24 @@ async fn proxy(snap: &Snapshot, req: Request<Incoming>, peer: SocketAddr, log: &
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string));
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
     let host = authority.as_deref().map(host_of);
     let route: Arc<Route> = snap
         .router
         .find(host.as_deref(), &path, &parts.method)
-        .map_err(|method_mismatch| if method_mismatch { GatewayError::MethodNotAllowed } else { GatewayError::NoRoute })?
+        .map_err(|method_mismatch| {
+            if method_mismatch {
+                GatewayError::MethodNotAllowed
+            } else {
+                GatewayError::NoRoute
+            }
+        })?
         .clone();
     log.route = Some(route.id.clone());
 
@@ -120,13 +149,14 @@ async fn proxy(snap: &Snapshot, req: Request<Incoming>, peer: SocketAddr, log: &
         match result? {
             Action::Continue => {}
             Action::Respond(reply) => {
-                let (status, headers, body) = crate::plugin::host::http::reply_parts(reply, MAX_REPLY_BODY).map_err(|e| {
-                    GatewayError::Plugin(crate::plugin::PluginError {
-                        plugin: plugin.name().clone(),
-                        route: route.id.clone(),
-                        kind: crate::plugin::PluginErrorKind::BadReply(e),
-                    })
-                })?;
+                let (status, headers, body) =
+                    crate::plugin::host::http::reply_parts(reply, MAX_REPLY_BODY).map_err(|e| {
+                        GatewayError::Plugin(crate::plugin::PluginError {
+                            plugin: plugin.name().clone(),
+                            route: route.id.clone(),
+                            kind: crate::plugin::PluginErrorKind::BadReply(e),
+                        })
+                    })?;
                 log.answered_by = Some(plugin.name().clone());
                 early = Some((status, headers, body));
                 break;
@@ -152,7 +182,8 @@ async fn proxy(snap: &Snapshot, req: Request<Incoming>, peer: SocketAddr, log: &
     for plugin in route.chain[..ran].iter().rev() {
         let (back, result) = plugin.on_response(state, resp_state).await;
         result?;
-        (state, resp_state) = back.ok_or_else(|| GatewayError::Internal("plugin lost the response".into()))?;
+        (state, resp_state) =
+            back.ok_or_else(|| GatewayError::Internal("plugin lost the response".into()))?;
     }
 
     let mut resp = Response::new(body);
@@ -195,12 +226,17 @@ async fn forward(
     *req.headers_mut() = headers;
 
     match target {
-        Target::Echo => echo::respond(req).await.map_err(|e| classify(e, max_body, "builtin:echo")),
-        Target::Http(authority) => match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout(upstream.request_timeout)),
-            Ok(Err(e)) => Err(classify(Box::new(e), max_body, authority.as_str())),
-            Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
-        },
+        Target::Echo => echo::respond(req)
+            .await
+            .map_err(|e| classify(e, max_body, "builtin:echo")),
+        Target::Http(authority) => {
+            match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await
+            {
+                Err(_) => Err(GatewayError::UpstreamTimeout(upstream.request_timeout)),
+                Ok(Err(e)) => Err(classify(Box::new(e), max_body, authority.as_str())),
+                Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
+            }
+        }
     }
 }
 

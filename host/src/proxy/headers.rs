@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn connection_listed_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Consumer"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Consumer"),
+        );
         h.insert("x-consumer", HeaderValue::from_static("forged"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));

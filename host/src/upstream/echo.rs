@@ -20,7 +20,11 @@ pub async fn respond(req: Request<Body>) -> Result<Response<Body>, crate::body::
             .iter()
             .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
-        let v = if values.len() == 1 { values.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(values) };
+        let v = if values.len() == 1 {
+            values.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(values)
+        };
         headers.insert(name.as_str().to_string(), v);
     }
     let doc = json!({
@@ -35,6 +39,9 @@ pub async fn respond(req: Request<Body>) -> Result<Response<Body>, crate::body::
     text.push('\n');
     let mut resp = Response::new(full(text));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

@@ -5,7 +5,9 @@ use crate::plugin::bindings::weir::plugin::clock::Host;
 
 impl Host for HostState {
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         Ok(now.as_millis() as u64)
     }
 }

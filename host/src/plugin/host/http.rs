@@ -14,7 +14,9 @@ use http::{Method, StatusCode};
 use wasmtime::component::Resource;
 
 use super::HostState;
-use crate::plugin::bindings::weir::plugin::http::{EditError, Header, Host, HostRequest, HostResponse};
+use crate::plugin::bindings::weir::plugin::http::{
+    EditError, Header, Host, HostRequest, HostResponse,
+};
 
 /// Most headers a plugin may leave on a request or response.
 pub const MAX_HEADERS: usize = 256;
@@ -80,7 +82,12 @@ fn get_all(h: &HeaderMap, n: &str) -> Vec<String> {
 }
 
 fn all(h: &HeaderMap) -> Vec<Header> {
-    h.iter().map(|(n, v)| Header { name: n.as_str().to_string(), value: lossy(v) }).collect()
+    h.iter()
+        .map(|(n, v)| Header {
+            name: n.as_str().to_string(),
+            value: lossy(v),
+        })
+        .collect()
 }
 
 fn set(h: &mut HeaderMap, n: &str, v: &str) -> Result<(), EditError> {
@@ -110,9 +117,16 @@ impl HostState {
         Ok(self.table().get_mut(r)?)
     }
 
-    fn req_mut(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<Result<&mut RequestState, EditError>> {
+    fn req_mut(
+        &mut self,
+        r: &Resource<RequestState>,
+    ) -> wasmtime::Result<Result<&mut RequestState, EditError>> {
         let req = self.req(r)?;
-        Ok(if req.read_only { Err(EditError::ReadOnly) } else { Ok(req) })
+        Ok(if req.read_only {
+            Err(EditError::ReadOnly)
+        } else {
+            Ok(req)
+        })
     }
 
     fn resp(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
@@ -144,44 +158,89 @@ impl HostRequest for HostState {
     fn header(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Option<String>> {
         Ok(get(&self.req(&r)?.headers, &n))
     }
-    fn header_all(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Vec<String>> {
+    fn header_all(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(get_all(&self.req(&r)?.headers, &n))
     }
     fn headers(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<Header>> {
         Ok(all(&self.req(&r)?.headers))
     }
-    fn set_header(&mut self, r: Resource<RequestState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+    fn set_header(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+        v: String,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         Ok(self.req_mut(&r)?.and_then(|q| set(&mut q.headers, &n, &v)))
     }
-    fn append_header(&mut self, r: Resource<RequestState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
-        Ok(self.req_mut(&r)?.and_then(|q| append(&mut q.headers, &n, &v)))
+    fn append_header(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+        v: String,
+    ) -> wasmtime::Result<Result<(), EditError>> {
+        Ok(self
+            .req_mut(&r)?
+            .and_then(|q| append(&mut q.headers, &n, &v)))
     }
-    fn remove_header(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Result<bool, EditError>> {
+    fn remove_header(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+    ) -> wasmtime::Result<Result<bool, EditError>> {
         Ok(self.req_mut(&r)?.and_then(|q| remove(&mut q.headers, &n)))
     }
-    fn set_path(&mut self, r: Resource<RequestState>, path: String) -> wasmtime::Result<Result<(), EditError>> {
+    fn set_path(
+        &mut self,
+        r: Resource<RequestState>,
+        path: String,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         Ok(self.req_mut(&r)?.and_then(|q| {
-            let p = crate::path::normalise(&path).map_err(|e| EditError::InvalidPath(format!("{path:?}: {e}")))?;
+            let p = crate::path::normalise(&path)
+                .map_err(|e| EditError::InvalidPath(format!("{path:?}: {e}")))?;
             q.path = p;
             Ok(())
         }))
     }
-    fn set_query(&mut self, r: Resource<RequestState>, query: Option<String>) -> wasmtime::Result<Result<(), EditError>> {
+    fn set_query(
+        &mut self,
+        r: Resource<RequestState>,
+        query: Option<String>,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         Ok(self.req_mut(&r)?.and_then(|q| {
             if let Some(s) = &query {
                 // Must stay a valid query once put back in a URI.
                 if s.bytes().any(|b| !(0x21..=0x7e).contains(&b) || b == b'#') {
-                    return Err(EditError::InvalidPath(format!("query {s:?} has characters that must be percent-encoded")));
+                    return Err(EditError::InvalidPath(format!(
+                        "query {s:?} has characters that must be percent-encoded"
+                    )));
                 }
             }
             q.query = query.filter(|s| !s.is_empty());
             Ok(())
         }))
     }
-    fn get_var(&mut self, r: Resource<RequestState>, n: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.req(&r)?.vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()))
+    fn get_var(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .req(&r)?
+            .vars
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.clone()))
     }
-    fn set_var(&mut self, r: Resource<RequestState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+    fn set_var(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+        v: String,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         Ok(self.req_mut(&r)?.and_then(|q| {
             if v.len() > MAX_VAR_VALUE || n.len() > 128 {
                 return Err(EditError::TooLarge);
@@ -208,7 +267,11 @@ impl HostResponse for HostState {
     fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
         Ok(self.resp(&r)?.status.as_u16())
     }
-    fn set_status(&mut self, r: Resource<ResponseState>, status: u16) -> wasmtime::Result<Result<(), EditError>> {
+    fn set_status(
+        &mut self,
+        r: Resource<ResponseState>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         let resp = self.resp(&r)?;
         Ok(match StatusCode::from_u16(status) {
             Ok(s) if (100..=599).contains(&status) => {
@@ -218,22 +281,44 @@ impl HostResponse for HostState {
             _ => Err(EditError::InvalidStatus(status)),
         })
     }
-    fn header(&mut self, r: Resource<ResponseState>, n: String) -> wasmtime::Result<Option<String>> {
+    fn header(
+        &mut self,
+        r: Resource<ResponseState>,
+        n: String,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(get(&self.resp(&r)?.headers, &n))
     }
-    fn header_all(&mut self, r: Resource<ResponseState>, n: String) -> wasmtime::Result<Vec<String>> {
+    fn header_all(
+        &mut self,
+        r: Resource<ResponseState>,
+        n: String,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(get_all(&self.resp(&r)?.headers, &n))
     }
     fn headers(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<Header>> {
         Ok(all(&self.resp(&r)?.headers))
     }
-    fn set_header(&mut self, r: Resource<ResponseState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+    fn set_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        n: String,
+        v: String,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         Ok(set(&mut self.resp(&r)?.headers, &n, &v))
     }
-    fn append_header(&mut self, r: Resource<ResponseState>, n: String, v: String) -> wasmtime::Result<Result<(), EditError>> {
+    fn append_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        n: String,
+        v: String,
+    ) -> wasmtime::Result<Result<(), EditError>> {
         Ok(append(&mut self.resp(&r)?.headers, &n, &v))
     }
-    fn remove_header(&mut self, r: Resource<ResponseState>, n: String) -> wasmtime::Result<Result<bool, EditError>> {
+    fn remove_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        n: String,
+    ) -> wasmtime::Result<Result<bool, EditError>> {
         Ok(remove(&mut self.resp(&r)?.headers, &n))
     }
     fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {
@@ -243,20 +328,30 @@ impl HostResponse for HostState {
 }
 
 /// Checks a filter's early reply and turns it into status, headers and body.
-pub fn reply_parts(reply: crate::plugin::bindings::Reply, max_body: usize) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
+pub fn reply_parts(
+    reply: crate::plugin::bindings::Reply,
+    max_body: usize,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
     let status = StatusCode::from_u16(reply.status)
         .ok()
         .filter(|_| (100..=599).contains(&reply.status))
         .ok_or_else(|| format!("reply status {} is not in 100..=599", reply.status))?;
     if reply.headers.len() > MAX_HEADERS {
-        return Err(format!("reply has {} headers, more than {MAX_HEADERS}", reply.headers.len()));
+        return Err(format!(
+            "reply has {} headers, more than {MAX_HEADERS}",
+            reply.headers.len()
+        ));
     }
     if reply.body.len() > max_body {
-        return Err(format!("reply body is {} bytes, more than {max_body}", reply.body.len()));
+        return Err(format!(
+            "reply body is {} bytes, more than {max_body}",
+            reply.body.len()
+        ));
     }
     let mut headers = HeaderMap::with_capacity(reply.headers.len());
     for h in &reply.headers {
-        append(&mut headers, &h.name, &h.value).map_err(|e| format!("reply header {:?}: {e:?}", h.name))?;
+        append(&mut headers, &h.name, &h.value)
+            .map_err(|e| format!("reply header {:?}: {e:?}", h.name))?;
     }
     Ok((status, headers, reply.body))
 }

@@ -9,7 +9,12 @@ use crate::plugin::bindings::weir::plugin::log::{Host, Level};
 const MAX_MESSAGE: usize = 4096;
 
 impl Host for HostState {
-    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+    fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
         let mut message = message;
         truncate(&mut message, MAX_MESSAGE);
         let mut extra = String::new();
@@ -20,11 +25,21 @@ impl Host for HostState {
         let extra = extra.trim_end();
         let (plugin, route) = (&*self.plugin, &*self.route);
         match level {
-            Level::Trace => tracing::trace!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
-            Level::Debug => tracing::debug!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
-            Level::Info => tracing::info!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
-            Level::Warn => tracing::warn!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
-            Level::Error => tracing::error!(target: "weir::plugin", plugin, route, fields = extra, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "weir::plugin", plugin, route, fields = extra, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "weir::plugin", plugin, route, fields = extra, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "weir::plugin", plugin, route, fields = extra, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "weir::plugin", plugin, route, fields = extra, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "weir::plugin", plugin, route, fields = extra, "{message}")
+            }
         }
         Ok(())
     }

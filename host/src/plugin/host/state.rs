@@ -29,18 +29,34 @@ struct Shard {
 }
 
 enum Entry {
-    Window { start_ms: u64, window_ms: u64, count: u64 },
-    Bucket { tokens: f64, last_ms: u64, capacity: f64, rate: f64 },
+    Window {
+        start_ms: u64,
+        window_ms: u64,
+        count: u64,
+    },
+    Bucket {
+        tokens: f64,
+        last_ms: u64,
+        capacity: f64,
+        rate: f64,
+    },
 }
 
 impl Entry {
     /// Whether the entry is back at its initial value, so dropping it changes nothing.
     fn is_idle(&self, now: u64) -> bool {
         match *self {
-            Entry::Window { start_ms, window_ms, .. } => now >= start_ms + window_ms,
-            Entry::Bucket { tokens, last_ms, capacity, rate } => {
-                rate <= 0.0 || tokens + (now - last_ms) as f64 / 1000.0 * rate >= capacity
-            }
+            Entry::Window {
+                start_ms,
+                window_ms,
+                ..
+            } => now >= start_ms + window_ms,
+            Entry::Bucket {
+                tokens,
+                last_ms,
+                capacity,
+                rate,
+            } => rate <= 0.0 || tokens + (now - last_ms) as f64 / 1000.0 * rate >= capacity,
         }
     }
 }
@@ -60,7 +76,13 @@ impl SharedState {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn with_entry<R>(&self, key: String, now: u64, init: impl FnOnce() -> Entry, f: impl FnOnce(&mut Entry) -> R) -> R {
+    fn with_entry<R>(
+        &self,
+        key: String,
+        now: u64,
+        init: impl FnOnce() -> Entry,
+        f: impl FnOnce(&mut Entry) -> R,
+    ) -> R {
         let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         if shard.entries.len() >= shard.next_sweep.max(SWEEP_AT) {
@@ -93,7 +115,11 @@ impl SharedState {
     /// Takes `cost` tokens from a bucket if it has them.
     pub fn take(&self, key: String, bucket: Bucket, cost: u32) -> TakeResult {
         let capacity = f64::from(bucket.capacity);
-        let rate = if bucket.refill_per_sec.is_finite() { bucket.refill_per_sec.max(0.0) } else { 0.0 };
+        let rate = if bucket.refill_per_sec.is_finite() {
+            bucket.refill_per_sec.max(0.0)
+        } else {
+            0.0
+        };
         let cost = f64::from(cost);
         let now = self.now_ms();
         self.with_entry(
@@ -143,7 +169,12 @@ impl HostState {
 }
 
 impl Host for HostState {
-    fn incr_window(&mut self, key: String, delta: u64, window_ms: u64) -> wasmtime::Result<WindowCount> {
+    fn incr_window(
+        &mut self,
+        key: String,
+        delta: u64,
+        window_ms: u64,
+    ) -> wasmtime::Result<WindowCount> {
         let key = self.scoped_key(&key)?;
         Ok(self.shared.incr_window(key, delta, window_ms))
     }
@@ -161,7 +192,10 @@ mod tests {
     #[test]
     fn bucket_allows_burst_then_refuses_with_retry_after() {
         let s = SharedState::default();
-        let b = || Bucket { capacity: 3, refill_per_sec: 1.0 };
+        let b = || Bucket {
+            capacity: 3,
+            refill_per_sec: 1.0,
+        };
         for left in [2, 1, 0] {
             let r = s.take("k".into(), b(), 1);
             assert!(r.allowed);
@@ -169,7 +203,11 @@ mod tests {
         }
         let r = s.take("k".into(), b(), 1);
         assert!(!r.allowed);
-        assert!(r.retry_after_ms > 0 && r.retry_after_ms <= 1001, "{}", r.retry_after_ms);
+        assert!(
+            r.retry_after_ms > 0 && r.retry_after_ms <= 1001,
+            "{}",
+            r.retry_after_ms
+        );
         // Other keys are independent.
         assert!(s.take("other".into(), b(), 1).allowed);
     }

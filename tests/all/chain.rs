@@ -1,0 +1,89 @@
+//! Plugin chains: request hooks in manifest order, response hooks in reverse,
+//! short-circuits skip the rest, and a trapping plugin costs one request only.
+
+use crate::support::{TestGateway, Upstream, plugin};
+
+fn order_chain(upstream: &str, respond_at: Option<(&str, u16)>) -> String {
+    let mut m = format!(
+        "[plugins.order]\npath = \"{}\"\n\n[[routes]]\nid = \"chain\"\nprefix = \"/\"\nupstream = \"{upstream}\"\n",
+        plugin("test_order")
+    );
+    for tag in ["a", "b", "c"] {
+        let respond = match respond_at {
+            Some((t, status)) if t == tag => format!(", respond = {status}"),
+            _ => String::new(),
+        };
+        m.push_str(&format!(
+            "[[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"{tag}\"{respond} }}\n"
+        ));
+    }
+    m
+}
+
+#[tokio::test]
+async fn request_hooks_run_in_order_and_response_hooks_in_reverse() {
+    let up = Upstream::start("u").await;
+    let gw = TestGateway::start(&order_chain(&up.url(), None)).await;
+    let r = gw.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header_all("x-order"), ["a", "b", "c"]);
+    assert_eq!(r.header_all("x-resp-order"), ["c", "b", "a"]);
+}
+
+#[tokio::test]
+async fn short_circuit_skips_later_plugins_and_the_upstream() {
+    let up = Upstream::start("u").await;
+    let gw = TestGateway::start(&order_chain(&up.url(), Some(("b", 418)))).await;
+    let r = gw.get("/x").await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.body, "early\n");
+    assert_eq!(r.header("x-answered-by"), Some("b"));
+    // c never ran; the response hooks of b and a did, in reverse.
+    assert_eq!(r.header_all("x-resp-order"), ["b", "a"]);
+    assert!(up.seen().is_empty(), "the upstream must not be called");
+}
+
+#[tokio::test]
+async fn a_trapping_plugin_answers_500_and_the_next_request_works() {
+    let up = Upstream::start("u").await;
+    let gw = TestGateway::start(&format!(
+        "[plugins.trap]\npath = \"{}\"\n\n[[routes]]\nid = \"t\"\nprefix = \"/\"\nupstream = \"{}\"\n[[routes.plugins]]\nname = \"trap\"\n",
+        plugin("test_trap"),
+        up.url()
+    ))
+    .await;
+    let r = gw.get_with("/boom", &[("x-trap", "1")]).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.body, "internal server error\n",
+        "no plugin internals leak to the client"
+    );
+    assert!(up.seen().is_empty());
+    for _ in 0..3 {
+        let r = gw.get("/fine").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(up.last().header("x-trap-ok"), Some("1"));
+    }
+}
+
+#[tokio::test]
+async fn request_isolation_gives_each_request_a_fresh_instance() {
+    let up = Upstream::start("u").await;
+    let manifest = format!(
+        "[plugins.order]\npath = \"{}\"\nisolation = \"request\"\n\n[[routes]]\nid = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n[[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"solo\" }}\n",
+        plugin("test_order"),
+        up.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    for _ in 0..3 {
+        let r = gw.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header_all("x-resp-order"), ["solo"]);
+    }
+    let snap = gw.gateway.snapshot();
+    assert_eq!(
+        snap.routes[0].chain[0].idle_instances(),
+        0,
+        "request isolation keeps no instance"
+    );
+}

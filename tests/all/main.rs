@@ -1,0 +1,10 @@
+//! Weir's integration tests: one binary (to keep link time down), one module
+//! per area. Every test runs real gateways and real origins on 127.0.0.1:0
+//! with the real compiled plugins.
+
+mod chain;
+mod config_errors;
+mod plugins;
+mod proxying;
+mod routing;
+mod support;

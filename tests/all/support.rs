@@ -1,0 +1,245 @@
+//! Test harness: a recording upstream, gateways started from manifest text,
+//! and a small HTTP client. Everything binds 127.0.0.1:0.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Path of a compiled plugin (built by tests/build.rs).
+pub fn plugin(file_stem: &str) -> String {
+    format!("{}/{file_stem}.wasm", env!("WEIR_TEST_PLUGIN_DIR"))
+}
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query as received.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// A real HTTP/1.1 origin that records every request and answers
+/// `200 upstream <name>`; paths starting with `/slow` wait 2 s first.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let uri = parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            if uri.starts_with("/slow") {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            log.lock().unwrap().push(Seen {
+                                method: parts.method,
+                                uri,
+                                headers: parts.headers,
+                                body,
+                            });
+                            let mut resp =
+                                Response::new(Full::new(Bytes::from(format!("upstream {name}"))));
+                            resp.headers_mut()
+                                .insert("x-upstream", name.parse().unwrap());
+                            resp.headers_mut()
+                                .insert("server", "test-origin".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received; panics if none.
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream received no request")
+    }
+}
+
+/// A gateway running from a manifest written into a temporary directory.
+pub struct TestGateway {
+    pub gateway: weir::Gateway,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestGateway {
+    /// Starts a gateway from `manifest` (its `[server]` is added: listen on 127.0.0.1:0).
+    pub async fn start(manifest: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        let text = if manifest.contains("[server]") {
+            manifest.to_string()
+        } else {
+            format!("[server]\nlisten = [\"127.0.0.1:0\"]\n\n{manifest}")
+        };
+        std::fs::write(&path, text).unwrap();
+        let gateway = weir::Gateway::start(&path)
+            .await
+            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        let addr = gateway.local_addrs()[0];
+        TestGateway { gateway, dir, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        send(Method::GET, &self.url(path), &[], Bytes::new()).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        send(Method::GET, &self.url(path), headers, Bytes::new()).await
+    }
+}
+
+/// What the client saw.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+    /// The body parsed as the JSON `builtin:echo` returns.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn client(http2: bool) -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build(HttpConnector::new())
+}
+
+/// Sends one request over HTTP/1.1.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    send_with(client(false), method, url, headers, body).await
+}
+
+/// Sends one request over h2c (prior knowledge).
+pub async fn send_h2(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
+    send_with(client(true), method, url, headers, body).await
+}
+
+async fn send_with(
+    c: Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Resp {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until
+/// the server closes or 2 s pass. For requests a client library would refuse to send.
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Counts per value, for asserting on distributions.
+pub fn tally<I: IntoIterator<Item = String>>(items: I) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for i in items {
+        *m.entry(i).or_insert(0) += 1;
+    }
+    m
+}

@@ -1,0 +1,2 @@
+//! Integration tests for Weir live in `all/`; this crate only builds the test
+//! plugins (see `build.rs`).
