@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(dead_code)] // only the tests need it
 /// Where plugin `.wasm` files land: `<workspace>/target/plugins/wasm32-wasip2/plugin/`.
 fn plugin_out_dir(workspace: &Path) -> PathBuf {
     workspace.join("target/plugins/wasm32-wasip2/plugin")

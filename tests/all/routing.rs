@@ -91,6 +91,7 @@ upstream = "{}"
     let r = crate::support::send(http::Method::POST, &gw.url("/submit"), &[], "hi".into()).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.seen().len(), 1, "only the POST reached the upstream");
+    assert_eq!(up.last().method, http::Method::POST);
     assert_eq!(&up.last().body[..], b"hi");
 }
 

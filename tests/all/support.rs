@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,7 +123,8 @@ impl Upstream {
 /// A gateway running from a manifest written into a temporary directory.
 pub struct TestGateway {
     pub gateway: weir::Gateway,
-    pub dir: tempfile::TempDir,
+    /// Holds the manifest; removed when the test ends.
+    _dir: tempfile::TempDir,
     pub addr: SocketAddr,
 }
 
@@ -143,7 +143,11 @@ impl TestGateway {
             .await
             .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
         let addr = gateway.local_addrs()[0];
-        TestGateway { gateway, dir, addr }
+        TestGateway {
+            gateway,
+            _dir: dir,
+            addr,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
