@@ -3,13 +3,16 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 6] = [
+const PLUGINS: [&str; 9] = [
     "key-auth",
     "jwt-auth",
     "headers",
     "rate-limit",
     "test-trap",
     "test-order",
+    "test-stamp-v1",
+    "test-stamp-v2",
+    "test-wrong-world",
 ];
 
 fn main() {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 /// Weir: an API gateway whose policies are sandboxed WebAssembly components.
@@ -16,10 +17,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the routes of a manifest.
+    /// Serve the routes of a manifest, reloading when it or a plugin file
+    /// changes (and on SIGHUP).
     Run {
         /// Path to the manifest (TOML).
         manifest: PathBuf,
+        /// Do not watch files; reload only on SIGHUP.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Load a manifest and every plugin and config it references, then exit:
     /// 0 when it would run, 1 with every error found.
@@ -65,7 +70,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            Command::Run { manifest } => match run(manifest).await {
+            Command::Run { manifest, no_watch } => match run(manifest, !no_watch).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e:#}");
@@ -76,8 +81,8 @@ fn main() -> ExitCode {
     })
 }
 
-async fn run(manifest: PathBuf) -> anyhow::Result<()> {
-    let gateway = weir::Gateway::start(&manifest).await?;
+async fn run(manifest: PathBuf, watch: bool) -> anyhow::Result<()> {
+    let mut gateway = weir::Gateway::start(&manifest).await?;
     let snap = gateway.snapshot();
     for addr in gateway.local_addrs() {
         tracing::info!(%addr, routes = snap.routes.len(), plugins = snap.plugins.len(), load_time = ?snap.load_time, "weir is listening");
@@ -86,7 +91,22 @@ async fn run(manifest: PathBuf) -> anyhow::Result<()> {
         let chain: Vec<&str> = route.chain.iter().map(|p| &*p.plugin.name).collect();
         tracing::info!(route = %route.id, upstream = %route.upstream.name, plugins = ?chain, "route");
     }
-    tokio::signal::ctrl_c().await?;
+    drop(snap);
+    if watch {
+        gateway.watch();
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                // Errors are logged by the reloader; the old snapshot keeps serving.
+                let _ = gateway.reload("SIGHUP").await;
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())

@@ -97,10 +97,20 @@ impl Runtime {
     /// Reads, hashes, compiles and pre-links a plugin. Blocking: call it off the request path.
     pub fn load(&self, name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))?;
+        self.load_bytes(name, path, bytes)
+    }
+
+    /// Hashes, compiles and pre-links a plugin read from `path`. Blocking.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        path: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(LoadError::TooLarge(bytes.len()));
         }
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let sha256 = sha256_hex(&bytes);
         check_header(&bytes)?;
         let component = Component::from_binary(&self.engine, &bytes)
             .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
@@ -117,6 +127,11 @@ impl Runtime {
             pre,
         })
     }
+}
+
+/// Lower-case hex sha256 of `bytes`, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Names the common mistakes before the parser does, in words an operator can act on.

@@ -114,14 +114,25 @@ impl Loader<'_> {
 impl Snapshot {
     /// Loads the manifest at `path` and everything it references.
     pub async fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<Snapshot, ConfigErrors> {
+        Self::load_with(path, runtime, None).await
+    }
+
+    /// Like [`Snapshot::load`], reusing the compiled plugins of `previous`
+    /// whose name, path and sha256 are unchanged.
+    pub async fn load_with(
+        path: &Path,
+        runtime: &Arc<Runtime>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let started = Instant::now();
         let manifest = Manifest::load(path)?;
-        Self::resolve(&manifest, runtime, started).await
+        Self::resolve(&manifest, runtime, previous, started).await
     }
 
     async fn resolve(
         m: &Manifest,
         runtime: &Arc<Runtime>,
+        previous: Option<&Snapshot>,
         started: Instant,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut l = Loader {
@@ -185,20 +196,36 @@ impl Snapshot {
             upstreams.insert(name.get_ref().to_string(), Arc::new(up));
         }
 
-        // Plugins: compile each once, off the async threads.
+        // Plugins: each file read once; compiled off the async threads unless unchanged.
         let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
         for (name, p) in &doc.plugins {
             let file = m.base_dir().join(p.path.get_ref());
-            if !file.is_file() {
-                l.err::<()>(
-                    p.path.span(),
-                    format!("plugin `{}`: file `{}` not found", name.get_ref(), file.display()),
-                    Some("paths are relative to the manifest; build the plugin with `cargo build --target wasm32-wasip2` first".into()),
-                );
+            let bytes = match tokio::fs::read(&file).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let what = if e.kind() == std::io::ErrorKind::NotFound {
+                        "not found".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    l.err::<()>(
+                        p.path.span(),
+                        format!("plugin `{}`: file `{}` {what}", name.get_ref(), file.display()),
+                        Some("paths are relative to the manifest; build the plugin with `cargo build --target wasm32-wasip2` first".into()),
+                    );
+                    continue;
+                }
+            };
+            let sha256 = crate::plugin::sha256_hex(&bytes);
+            if let Some(same) = previous
+                .and_then(|s| s.plugins.get(name.get_ref().as_str()))
+                .filter(|o| o.sha256 == sha256 && o.path == file)
+            {
+                plugins.insert(name.get_ref().to_string(), same.clone());
                 continue;
             }
             let (rt, n, f) = (runtime.clone(), name.get_ref().to_string(), file.clone());
-            let loaded = tokio::task::spawn_blocking(move || rt.load(&n, &f)).await;
+            let loaded = tokio::task::spawn_blocking(move || rt.load_bytes(&n, &f, bytes)).await;
             match loaded {
                 Ok(Ok(lp)) => {
                     plugins.insert(name.get_ref().to_string(), Arc::new(lp));

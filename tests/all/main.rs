@@ -4,6 +4,7 @@
 
 mod chain;
 mod config_errors;
+mod hot_swap;
 mod plugins;
 mod proxying;
 mod routing;

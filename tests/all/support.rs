@@ -131,7 +131,12 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway from `manifest` (its `[server]` is added: listen on 127.0.0.1:0).
     pub async fn start(manifest: &str) -> TestGateway {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), manifest).await
+    }
+
+    /// Like [`TestGateway::start`], with the manifest written as `dir/gateway.toml`
+    /// (so relative plugin paths can point at files the test put there).
+    pub async fn start_in(dir: tempfile::TempDir, manifest: &str) -> TestGateway {
         let path = dir.path().join("gateway.toml");
         let text = if manifest.contains("[server]") {
             manifest.to_string()
@@ -152,6 +157,11 @@ impl TestGateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The directory holding the manifest.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -246,4 +256,117 @@ pub fn tally<I: IntoIterator<Item = String>>(items: I) -> BTreeMap<String, usize
         *m.entry(i).or_insert(0) += 1;
     }
     m
+}
+
+/// Captures the log of every gateway in this test process (a global
+/// subscriber, installed once). Tests find their own lines by something
+/// unique to them, such as their temporary directory.
+pub fn logs() -> String {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    let buf = LOGS.get_or_init(|| {
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("info,weir::access=warn")
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buf
+    });
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Polls `check` every 20 ms until it is true; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+/// Continuous concurrent GETs against one URL until stopped; records every outcome.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
+}
+
+/// One request's result under load.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Status, or 0 when the request failed without a response.
+    pub status: u16,
+    /// Values of one response header.
+    pub stamps: Vec<String>,
+}
+
+impl Load {
+    /// Starts `clients` loops, each on its own keep-alive connection, collecting header `stamp`.
+    pub fn start(url: String, clients: usize, stamp: &'static str) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let c = client(false);
+                    let mut out = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                        let outcome = match c.request(req).await {
+                            Ok(resp) => {
+                                let status = resp.status().as_u16();
+                                let stamps = resp
+                                    .headers()
+                                    .get_all(stamp)
+                                    .iter()
+                                    .map(|v| v.to_str().unwrap_or("?").to_string())
+                                    .collect();
+                                let ok = resp.into_body().collect().await.is_ok();
+                                Outcome {
+                                    status: if ok { status } else { 0 },
+                                    stamps,
+                                }
+                            }
+                            Err(_) => Outcome {
+                                status: 0,
+                                stamps: vec![],
+                            },
+                        };
+                        out.push(outcome);
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the loops and returns every outcome.
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    }
 }
