@@ -91,8 +91,9 @@ async fn fifty_swaps_under_load_fail_no_request_and_never_mix_versions() {
     assert_clean(&outcomes, &["v1", "v2"]);
     assert_eq!(gw.gateway.reload_stats().refused, 0);
     times.sort();
+    let slowest = outcomes.iter().map(|o| o.latency).max().unwrap_or_default();
     eprintln!(
-        "50 swaps under load, {} requests: change-to-serving median {:?}, max {:?}",
+        "50 swaps under load, {} requests (slowest {slowest:?}): change-to-serving median {:?}, max {:?}",
         outcomes.len(),
         times[times.len() / 2],
         times[times.len() - 1]

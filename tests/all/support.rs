@@ -317,6 +317,8 @@ pub struct Outcome {
     pub status: u16,
     /// Values of one response header.
     pub stamps: Vec<String>,
+    /// Time from sending to the end of the body.
+    pub latency: Duration,
 }
 
 impl Load {
@@ -331,6 +333,7 @@ impl Load {
                     let mut out = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                        let sent = std::time::Instant::now();
                         let outcome = match c.request(req).await {
                             Ok(resp) => {
                                 let status = resp.status().as_u16();
@@ -344,11 +347,13 @@ impl Load {
                                 Outcome {
                                     status: if ok { status } else { 0 },
                                     stamps,
+                                    latency: sent.elapsed(),
                                 }
                             }
                             Err(_) => Outcome {
                                 status: 0,
                                 stamps: vec![],
+                                latency: sent.elapsed(),
                             },
                         };
                         out.push(outcome);
