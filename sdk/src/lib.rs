@@ -147,6 +147,23 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
+/// Checks a header name from a config: a non-empty HTTP token in lower case
+/// (the host lower-cases names, so an upper-case name in a config is a typo).
+/// Call it in [`Plugin::new`] so a bad name fails at load, not per request.
+pub fn check_header_name(name: &str) -> Result<(), String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(tchar) {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{name:?} must be lower case (write {:?})",
+            name.to_ascii_lowercase()
+        ));
+    }
+    Ok(())
+}
+
 /// Starts an early reply with `status`; finish with [`ReplyBuilder::text`],
 /// [`ReplyBuilder::json`] or [`ReplyBuilder::empty`], or turn it into an
 /// [`Action`] with `.into()`.

@@ -14,4 +14,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use weir::plugin::http::{Action, Reply};
+// `self::`: rustdoc also passes `--extern weir`, which would make `weir` ambiguous.
+pub use self::weir::plugin::http::{Action, Reply};

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
-use weir_sdk::{EditError, Plugin, Request, Response};
+use weir_sdk::{EditError, Plugin, Request, Response, check_header_name};
 
 /// The route's config table.
 #[derive(Debug, Default, Deserialize)]
@@ -353,24 +353,6 @@ impl Plugin for HeadersFilter {
 }
 
 weir_sdk::export!(HeadersFilter);
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Header names must be lower-case HTTP tokens (the host lower-cases names).
-fn check_header_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("{name:?} is not a valid header name"));
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "{name:?} must be lower case (write {:?})",
-            name.to_ascii_lowercase()
-        ));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -321,22 +321,9 @@ fn percent_decode(s: &str) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Header names must be lower-case HTTP tokens (the host lower-cases names).
+/// A header-name check whose error names the config field.
 fn check_header_name(field: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("{field}: {name:?} is not a valid header name"));
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "{field}: {name:?} must be lower case (write {:?})",
-            name.to_ascii_lowercase()
-        ));
-    }
-    Ok(())
+    weir_sdk::check_header_name(name).map_err(|e| format!("{field}: {e}"))
 }
 
 fn check_param_name(field: &str, name: &str) -> Result<(), String> {

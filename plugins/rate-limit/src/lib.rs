@@ -12,7 +12,7 @@
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
 use weir_sdk::state::{Bucket, TakeResult, take};
-use weir_sdk::{Action, Plugin, Request, Response, reply};
+use weir_sdk::{Action, Plugin, Request, Response, check_header_name, reply};
 
 /// The route's config table. Numbers are signed so that a bad value gets a
 /// message naming its field rather than a bare serde error.
@@ -308,24 +308,6 @@ impl Plugin for RateLimit {
 }
 
 weir_sdk::export!(RateLimit);
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Header names must be lower-case HTTP tokens (the host lower-cases names).
-fn check_header_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(format!("{name:?} is not a valid header name"));
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "{name:?} must be lower case (write {:?})",
-            name.to_ascii_lowercase()
-        ));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
