@@ -18,9 +18,12 @@
 //! Layers, in request order: [`config`] (raw TOML) → [`snapshot`] (resolved
 //! and loaded) → [`proxy`] (listener and request phases) → [`path`] and
 //! [`router`] → [`plugin`] (wasmtime runtime, host capabilities, instance
-//! pools) → [`upstream`].
+//! pools) → [`upstream`]. Beside the request path: [`telemetry`] (logs,
+//! metrics, request ids and trace context, the access record) and
+//! [`admin`] (health, readiness, metrics, reload on a separate listener).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -39,41 +43,135 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use config::Manifest;
 use plugin::Runtime;
 pub use snapshot::{ConfigErrors, Snapshot};
+use telemetry::metrics::Metrics;
 
 /// A running gateway: its listeners and the snapshot they serve.
 pub struct Gateway {
-    manifest: PathBuf,
-    current: Arc<ArcSwap<Snapshot>>,
+    inner: Arc<Inner>,
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Gateway {
-    /// Loads the manifest, binds its listeners and starts serving.
-    pub async fn start(manifest: &Path) -> anyhow::Result<Gateway> {
-        let snap = Snapshot::load(manifest, Runtime::global()).await?;
+/// What reloads (from the API or the admin listener) share.
+pub(crate) struct Inner {
+    manifest: PathBuf,
+    pub(crate) current: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Inner {
+    /// Loads the manifest again and swaps the new snapshot in; on error the current one stays.
+    pub(crate) async fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let result = Snapshot::load(&self.manifest, Runtime::global(), &self.metrics).await;
+        self.metrics.reloaded(result.is_ok());
+        match result {
+            Ok(snap) => {
+                let snap = Arc::new(snap);
+                self.current.store(snap.clone());
+                tracing::info!(routes = snap.routes.len(), plugins = snap.plugins.len(), load_time = ?snap.load_time, "reloaded");
+                Ok(snap)
+            }
+            Err(errors) => {
+                tracing::warn!(%errors, "reload refused; the previous config keeps serving");
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// A gateway on its way up ([`Gateway::begin`]): the admin listener, if
+/// configured, already answers (`/readyz` says 503) while
+/// [`Starting::finish`] loads the plugins.
+pub struct Starting {
+    manifest: PathBuf,
+    metrics: Arc<Metrics>,
+    admin: Option<(SocketAddr, Arc<admin::AdminState>)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Starting {
+    /// Where the admin listener bound, if the manifest has `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Loads the manifest and every plugin, binds the listeners and starts serving.
+    pub async fn finish(mut self) -> anyhow::Result<Gateway> {
+        let snap = Snapshot::load(&self.manifest, Runtime::global(), &self.metrics).await?;
+        self.metrics.loaded();
         let current = Arc::new(ArcSwap::from_pointee(snap));
-        let (stop, stop_rx) = watch::channel(false);
+        let stop_rx = self.stop.subscribe();
         let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
         for addr in current.load().server.listen.clone() {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             addrs.push(proxy::bound(&listener)?);
-            tasks.push(tokio::spawn(proxy::serve(
+            self.tasks.push(tokio::spawn(proxy::serve(
                 listener,
                 current.clone(),
                 stop_rx.clone(),
             )));
         }
-        Ok(Gateway {
-            manifest: manifest.to_path_buf(),
+        let inner = Arc::new(Inner {
+            manifest: self.manifest,
             current,
+            metrics: self.metrics,
+        });
+        let admin_addr = self.admin.map(|(addr, state)| {
+            // From here on `/readyz` answers 200.
+            let _ = state.gateway.set(inner.clone());
+            addr
+        });
+        Ok(Gateway {
+            inner,
             addrs,
+            admin_addr,
+            stop: self.stop,
+            tasks: self.tasks,
+        })
+    }
+}
+
+impl Gateway {
+    /// Loads the manifest, binds its listeners and starts serving.
+    pub async fn start(manifest: &Path) -> anyhow::Result<Gateway> {
+        Gateway::begin(manifest).await?.finish().await
+    }
+
+    /// First half of [`Gateway::start`]: reads the manifest's `[admin]`
+    /// section and brings the admin listener up, before any plugin loads.
+    pub async fn begin(manifest: &Path) -> anyhow::Result<Starting> {
+        let m = Manifest::load(manifest).map_err(ConfigErrors::from)?;
+        let settings = admin::AdminSettings::resolve(&m).map_err(ConfigErrors)?;
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut admin = None;
+        if let Some(settings) = settings {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {} (admin): {e}", settings.listen)
+                })?;
+            let addr = listener.local_addr()?;
+            if !addr.ip().is_loopback() && settings.token.is_none() {
+                tracing::warn!(%addr, "the admin listener is reachable beyond loopback without a token; set `[admin] token_env`");
+            }
+            let state = Arc::new(admin::AdminState::new(metrics.clone(), settings.token));
+            tasks.push(tokio::spawn(admin::serve(listener, state.clone(), stop_rx)));
+            admin = Some((addr, state));
+        }
+        Ok(Starting {
+            manifest: manifest.to_path_buf(),
+            metrics,
+            admin,
             stop,
             tasks,
         })
@@ -84,20 +182,29 @@ impl Gateway {
         &self.addrs
     }
 
+    /// Where the admin listener bound, if the manifest has `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The snapshot serving new requests.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+        self.inner.current.load_full()
+    }
+
+    /// The gateway's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Reloads the manifest and every plugin; on any error the current
-    /// snapshot keeps serving. Listener addresses are not changed by a reload.
+    /// snapshot keeps serving. Listener addresses and `[admin]`/`[log]`
+    /// settings are not changed by a reload.
     pub async fn reload(&self) -> Result<(), ConfigErrors> {
-        let snap = Snapshot::load(&self.manifest, Runtime::global()).await?;
-        self.current.store(Arc::new(snap));
-        Ok(())
+        self.inner.reload().await.map(|_| ())
     }
 
-    /// Stops accepting connections.
+    /// Stops accepting connections (proxy and admin).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -108,7 +215,7 @@ impl Gateway {
 
 /// Loads everything a manifest references, as `weir run` would, without serving.
 pub async fn check(manifest: &Path) -> Result<Arc<Snapshot>, ConfigErrors> {
-    Snapshot::load(manifest, Runtime::global())
+    Snapshot::load(manifest, Runtime::global(), &Arc::new(Metrics::new()))
         .await
         .map(Arc::new)
 }

@@ -14,7 +14,7 @@ mod instance;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -96,6 +96,7 @@ impl Runtime {
 
     /// Reads, hashes, compiles and pre-links a plugin. Blocking: call it off the request path.
     pub fn load(&self, name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))?;
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(LoadError::TooLarge(bytes.len()));
@@ -114,6 +115,8 @@ impl Runtime {
             path: path.to_path_buf(),
             sha256,
             size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            load_time: started.elapsed(),
             pre,
         })
     }
@@ -144,6 +147,10 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Size in bytes.
     pub size: usize,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// How long reading, compiling and pre-linking took.
+    pub load_time: Duration,
     pre: bindings::PluginPre<HostState>,
 }
 

@@ -4,6 +4,7 @@
 
 mod chain;
 mod config_errors;
+mod observability;
 mod plugins;
 mod proxying;
 mod routing;

@@ -10,6 +10,7 @@ use super::host::HostState;
 use super::host::http::{RequestState, ResponseState};
 use super::{EPOCH_TICK, HOOK_DEADLINE, LoadedPlugin, MAX_MEMORY, Runtime};
 use crate::config::Isolation;
+use crate::telemetry::metrics::PluginMetrics;
 
 /// Idle instances kept per (route, plugin); more are created under load and dropped after.
 const MAX_IDLE: usize = 64;
@@ -27,6 +28,8 @@ pub struct ChainPlugin {
     pub route: Arc<str>,
     /// Instance reuse policy.
     pub isolation: Isolation,
+    /// Call counts, durations and failures, in the gateway's registry.
+    pub metrics: PluginMetrics,
     config_json: String,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
@@ -73,11 +76,13 @@ impl ChainPlugin {
         route: Arc<str>,
         config_json: String,
         isolation: Isolation,
+        metrics: PluginMetrics,
     ) -> Result<ChainPlugin, PluginError> {
         let chain = ChainPlugin {
             plugin,
             route,
             isolation,
+            metrics,
             config_json,
             runtime,
             idle: Mutex::new(Vec::new()),
@@ -114,6 +119,7 @@ impl ChainPlugin {
             self.plugin.name.clone(),
             self.route.clone(),
             self.runtime.shared.clone(),
+            self.metrics.counters.clone(),
             MAX_MEMORY,
         );
         let mut store = Store::new(&self.runtime.engine, state);
