@@ -165,14 +165,14 @@ impl Snapshot {
         if let Err(errors) = AdminSettings::resolve(m) {
             l.errors.extend(errors);
         }
-        if let Some(level) = &doc.log.level {
-            if let Err(e) = crate::telemetry::logging::check_level(level.get_ref()) {
-                l.err::<()>(
-                    level.span(),
-                    format!("invalid log level `{}`: {e}", level.get_ref()),
-                    Some("use a level (`info`) or filters like `info,weir::access=off`".into()),
-                );
-            }
+        if let Some(level) = &doc.log.level
+            && let Err(e) = crate::telemetry::logging::check_level(level.get_ref())
+        {
+            l.err::<()>(
+                level.span(),
+                format!("invalid log level `{}`: {e}", level.get_ref()),
+                Some("use a level (`info`) or filters like `info,weir::access=off`".into()),
+            );
         }
         let server = ServerSettings {
             listen,

@@ -22,10 +22,11 @@ pub struct LogSettings {
 }
 
 fn filter(level: Option<&str>) -> EnvFilter {
-    if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
-        if let Ok(f) = EnvFilter::try_from_default_env() {
-            return f;
-        }
+    // A RUST_LOG that does not parse falls back to the manifest, not to nothing.
+    if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some()
+        && let Ok(f) = EnvFilter::try_from_default_env()
+    {
+        return f;
     }
     level
         .and_then(|l| EnvFilter::try_new(l).ok())

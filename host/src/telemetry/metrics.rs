@@ -7,34 +7,29 @@
 //! one an `Arc` to an atomic). Gauges that describe the snapshot itself
 //! (plugin versions, idle instances) are refreshed at scrape time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+mod custom;
+
+pub use custom::{
+    CounterError, MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_SERIES_PER_PLUGIN, PluginCounters,
+};
+use custom::{CustomCounters, PluginReason};
+
 use crate::error::GatewayError;
 use crate::plugin::PluginErrorKind;
 use crate::snapshot::Snapshot;
 use crate::upstream::{Target, Upstream};
-
-/// Most distinct series (name + labels + route) one plugin may create with `counter-add`.
-pub const MAX_SERIES_PER_PLUGIN: usize = 1000;
-/// Most labels on one plugin counter (besides `plugin` and `route`).
-pub const MAX_LABELS: usize = 8;
-/// Longest counter name, label name or label value a plugin may use.
-pub const MAX_NAME: usize = 64;
-/// Longest label value a plugin may use.
-pub const MAX_LABEL_VALUE: usize = 128;
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE: &str = "-";
@@ -112,12 +107,6 @@ struct PluginRoute {
 struct PluginInfo {
     plugin: String,
     sha256: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PluginReason {
-    plugin: String,
-    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -626,185 +615,5 @@ impl PluginMetrics {
         let k = FailureKind::of(kind);
         let i = FailureKind::ALL.iter().position(|x| *x == k).unwrap_or(0);
         self.failures[i].inc();
-    }
-}
-
-/// Why a plugin's `counter-add` was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CounterError {
-    /// The counter name is not `[a-zA-Z_][a-zA-Z0-9_]*` of at most 64 bytes.
-    #[error("invalid counter name {0:?}")]
-    Name(String),
-    /// A label name is invalid, reserved (`plugin`, `route`, `__*`) or repeated, or a value is too long.
-    #[error("invalid label {0:?}")]
-    Label(String),
-    /// The plugin already has [`MAX_SERIES_PER_PLUGIN`] series.
-    #[error("more than {MAX_SERIES_PER_PLUGIN} series")]
-    TooManySeries,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
-struct SeriesKey {
-    name: String,
-    route: String,
-    labels: Vec<(String, String)>,
-}
-
-/// The counters one plugin created through `weir:plugin/metrics`, on every route.
-#[derive(Debug)]
-pub struct PluginCounters {
-    plugin: String,
-    series: Mutex<HashMap<SeriesKey, u64>>,
-    invalid: Counter,
-    over_limit: Counter,
-}
-
-fn is_metric_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    s.len() <= MAX_NAME
-        && b.next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-impl PluginCounters {
-    /// Adds `delta` to the counter `name{labels}` of this plugin on `route`.
-    pub fn add(
-        &self,
-        route: &str,
-        name: &str,
-        mut labels: Vec<(String, String)>,
-        delta: u64,
-    ) -> Result<(), CounterError> {
-        let result = self.try_add(route, name, &mut labels, delta);
-        match &result {
-            Ok(()) => {}
-            Err(CounterError::TooManySeries) => {
-                self.over_limit.inc();
-            }
-            Err(_) => {
-                self.invalid.inc();
-            }
-        }
-        result
-    }
-
-    fn try_add(
-        &self,
-        route: &str,
-        name: &str,
-        labels: &mut Vec<(String, String)>,
-        delta: u64,
-    ) -> Result<(), CounterError> {
-        // `_total` is added on export; `x_total` would read `x_total_total`.
-        if !is_metric_name(name) || name.ends_with("_total") {
-            return Err(CounterError::Name(name.into()));
-        }
-        if labels.len() > MAX_LABELS {
-            return Err(CounterError::Label(format!(
-                "{} labels, at most {MAX_LABELS}",
-                labels.len()
-            )));
-        }
-        labels.sort();
-        for (i, (k, v)) in labels.iter().enumerate() {
-            let reserved = k == "plugin" || k == "route" || k.starts_with("__");
-            let repeated = i > 0 && labels[i - 1].0 == *k;
-            if !is_metric_name(k) || reserved || repeated || v.len() > MAX_LABEL_VALUE {
-                return Err(CounterError::Label(k.clone()));
-            }
-        }
-        let key = SeriesKey {
-            name: name.into(),
-            route: route.into(),
-            labels: std::mem::take(labels),
-        };
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let len = series.len();
-        match series.get_mut(&key) {
-            Some(v) => *v = v.saturating_add(delta),
-            None if len >= MAX_SERIES_PER_PLUGIN => return Err(CounterError::TooManySeries),
-            None => {
-                series.insert(key, delta);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Every plugin's own counters; exported as `weir_custom_<name>_total`.
-#[derive(Debug, Default)]
-struct CustomCounters {
-    plugins: Mutex<BTreeMap<String, Arc<PluginCounters>>>,
-}
-
-impl CustomCounters {
-    fn for_plugin(
-        &self,
-        plugin: &str,
-        drops: &Family<PluginReason, Counter>,
-    ) -> Arc<PluginCounters> {
-        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-        plugins
-            .entry(plugin.to_string())
-            .or_insert_with(|| {
-                let reason = |reason| {
-                    drops.get_or_create_owned(&PluginReason {
-                        plugin: plugin.into(),
-                        reason,
-                    })
-                };
-                Arc::new(PluginCounters {
-                    plugin: plugin.into(),
-                    series: Mutex::default(),
-                    invalid: reason("invalid"),
-                    over_limit: reason("series_limit"),
-                })
-            })
-            .clone()
-    }
-}
-
-impl Collector for CustomCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Grouped by name: two plugins may use the same counter name.
-        let mut families: BTreeMap<String, Vec<(Vec<(String, String)>, u64)>> = BTreeMap::new();
-        let plugins: Vec<Arc<PluginCounters>> = self
-            .plugins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for p in plugins {
-            let series = p.series.lock().unwrap_or_else(|e| e.into_inner());
-            for (key, value) in series.iter() {
-                let mut labels = vec![
-                    ("plugin".to_string(), p.plugin.clone()),
-                    ("route".to_string(), key.route.clone()),
-                ];
-                labels.extend(key.labels.iter().cloned());
-                families
-                    .entry(key.name.clone())
-                    .or_default()
-                    .push((labels, *value));
-            }
-        }
-        for (name, mut series) in families {
-            series.sort();
-            let full_name = format!("weir_custom_{name}");
-            let mut family = encoder.encode_descriptor(
-                &full_name,
-                "A counter a plugin emits through weir:plugin/metrics",
-                None,
-                MetricType::Counter,
-            )?;
-            for (labels, value) in &series {
-                family
-                    .encode_family(labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(value, None)?;
-            }
-        }
-        Ok(())
     }
 }
