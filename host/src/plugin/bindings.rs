@@ -14,4 +14,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use weir::plugin::http::{Action, Reply};
+// `self::`: doctests pass this crate as `--extern weir`, which makes a bare `weir` ambiguous.
+pub use self::weir::plugin::http::{Action, Reply};
