@@ -422,6 +422,11 @@ async fn json_access_log_has_one_line_per_request_with_route_status_timings_and_
         format: LogFormat::Json,
         level: Some("info".into()),
     };
+    // tracing caches each callsite's interest globally. With a single
+    // registered dispatcher it asks the *calling thread's* default, so a
+    // parallel test that logs an access event first would cache "never" for
+    // everyone. A second registered dispatcher makes it ask all of them.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard =
         tracing::subscriber::set_default(subscriber(&settings, move || writer.clone(), false));
 
@@ -824,4 +829,38 @@ upstream = "builtin:echo"
         1.0
     );
     assert_eq!(admin(&gw, Method::GET, "/reload", &[]).await.status, 405);
+}
+
+#[tokio::test]
+async fn memory_limit_hits_are_counted_apart_from_other_traps() {
+    let gw = TestGateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[plugins.trap]
+path = "{}"
+
+[[routes]]
+id = "hog"
+upstream = "builtin:echo"
+[[routes.plugins]]
+name = "trap"
+"#,
+        plugin("test_trap")
+    ))
+    .await;
+    assert_eq!(gw.get_with("/", &[("x-trap", "memory")]).await.status, 500);
+    assert_eq!(gw.get_with("/", &[("x-trap", "1")]).await.status, 500);
+    assert_eq!(gw.get("/").await.status, 200, "the gateway still serves");
+    let m = scrape(&gw).await;
+    let failures = |kind| {
+        metric(
+            &m,
+            "weir_plugin_failures_total",
+            &[("plugin", "trap"), ("route", "hog"), ("kind", kind)],
+        )
+    };
+    assert_eq!(failures("memory"), 1.0);
+    assert_eq!(failures("trap"), 1.0);
 }

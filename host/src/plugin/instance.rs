@@ -110,7 +110,9 @@ impl ChainPlugin {
             Some(wasmtime::Trap::Interrupt) => self.error(PluginErrorKind::Timeout(HOOK_DEADLINE)),
             // The trap code is what an operator needs; the wasm backtrace is noise in a log line.
             Some(trap) => self.error(PluginErrorKind::Trap(trap.to_string())),
-            None => self.error(PluginErrorKind::Trap(format!("{e}"))),
+            // The outer context is a wasm backtrace; the root cause says what happened
+            // (e.g. "forcing trap when growing memory": the memory limit).
+            None => self.error(PluginErrorKind::Trap(e.root_cause().to_string())),
         }
     }
 
