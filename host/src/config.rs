@@ -59,6 +59,50 @@ pub struct Document {
     /// `[[routes]]`: matched by host and path, longest match wins.
     #[serde(default)]
     pub routes: Vec<Spanned<Route>>,
+    /// `[log]`: log format and level, applied at start.
+    #[serde(default)]
+    pub log: Log,
+    /// `[admin]`: the admin listener (health, metrics, reload); none when absent.
+    pub admin: Option<Spanned<Admin>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `format`: `"human"` (default) or `"json"`; `--log-format` wins over it.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `level`: a filter such as `"info"` or `"info,weir::access=off"`; `RUST_LOG` wins over it.
+    pub level: Option<Spanned<String>>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, event fields at the top level.
+    Json,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `listen`: the admin listener's address (default `127.0.0.1:9901`).
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    /// `token`: a bearer token required on every admin endpoint but `/healthz` and `/readyz`.
+    pub token: Option<Spanned<String>>,
+    /// `token_env`: the environment variable holding that token, read at start.
+    pub token_env: Option<Spanned<String>>,
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9901".to_string())
 }
 
 /// `[server]`.

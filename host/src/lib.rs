@@ -19,8 +19,12 @@
 //! and loaded) → [`proxy`] (listener and request phases) → [`path`] and
 //! [`router`] → [`plugin`] (wasmtime runtime, host capabilities, instance
 //! pools) → [`upstream`]; [`reload`] swaps snapshots when files change.
+//! Beside the request path: [`telemetry`] (logs, metrics, request ids and
+//! trace context, the access record) and [`admin`] (health, readiness,
+//! metrics, reload on a separate listener).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -30,51 +34,116 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use config::Manifest;
 use plugin::Runtime;
 pub use reload::{ReloadStats, Reloader};
 pub use snapshot::{ConfigErrors, Snapshot};
+use telemetry::metrics::Metrics;
 
 /// A running gateway: its listeners and the snapshot they serve.
 pub struct Gateway {
     reloader: Arc<Reloader>,
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Gateway {
-    /// Loads the manifest, binds its listeners and starts serving.
-    pub async fn start(manifest: &Path) -> anyhow::Result<Gateway> {
-        let snap = Snapshot::load(manifest, Runtime::global()).await?;
+/// A gateway on its way up ([`Gateway::begin`]): the admin listener, if
+/// configured, already answers (`/readyz` says 503) while
+/// [`Starting::finish`] loads the plugins.
+pub struct Starting {
+    manifest: PathBuf,
+    metrics: Arc<Metrics>,
+    admin: Option<(SocketAddr, Arc<admin::AdminState>)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Starting {
+    /// Where the admin listener bound, if the manifest has `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Loads the manifest and every plugin, binds the listeners and starts serving.
+    pub async fn finish(mut self) -> anyhow::Result<Gateway> {
+        let snap = Snapshot::load(&self.manifest, Runtime::global(), &self.metrics).await?;
+        self.metrics.loaded();
         let listen = snap.server.listen.clone();
-        let reloader = Arc::new(Reloader::new(manifest.to_path_buf(), snap));
-        let (stop, stop_rx) = watch::channel(false);
+        let reloader = Arc::new(Reloader::new(self.manifest, snap, self.metrics));
+        let stop_rx = self.stop.subscribe();
         let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
         for addr in listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             addrs.push(proxy::bound(&listener)?);
             let current = reloader.current().clone();
-            tasks.push(tokio::spawn(proxy::serve(
+            self.tasks.push(tokio::spawn(proxy::serve(
                 listener,
                 current,
                 stop_rx.clone(),
             )));
         }
+        let admin_addr = self.admin.map(|(addr, state)| {
+            // From here on `/readyz` answers 200.
+            let _ = state.gateway.set(reloader.clone());
+            addr
+        });
         Ok(Gateway {
             reloader,
             addrs,
+            admin_addr,
+            stop: self.stop,
+            tasks: self.tasks,
+        })
+    }
+}
+
+impl Gateway {
+    /// Loads the manifest, binds its listeners and starts serving.
+    pub async fn start(manifest: &Path) -> anyhow::Result<Gateway> {
+        Gateway::begin(manifest).await?.finish().await
+    }
+
+    /// First half of [`Gateway::start`]: reads the manifest's `[admin]`
+    /// section and brings the admin listener up, before any plugin loads.
+    pub async fn begin(manifest: &Path) -> anyhow::Result<Starting> {
+        let m = Manifest::load(manifest).map_err(ConfigErrors::from)?;
+        let settings = admin::AdminSettings::resolve(&m).map_err(ConfigErrors)?;
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut admin = None;
+        if let Some(settings) = settings {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {} (admin): {e}", settings.listen)
+                })?;
+            let addr = listener.local_addr()?;
+            if !addr.ip().is_loopback() && settings.token.is_none() {
+                tracing::warn!(%addr, "the admin listener is reachable beyond loopback without a token; set `[admin] token_env`");
+            }
+            let state = Arc::new(admin::AdminState::new(metrics.clone(), settings.token));
+            tasks.push(tokio::spawn(admin::serve(listener, state.clone(), stop_rx)));
+            admin = Some((addr, state));
+        }
+        Ok(Starting {
+            manifest: manifest.to_path_buf(),
+            metrics,
+            admin,
             stop,
             tasks,
         })
@@ -96,15 +165,31 @@ impl Gateway {
         &self.addrs
     }
 
+    /// Where the admin listener bound, if the manifest has `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The snapshot serving new requests.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.reloader.current().load_full()
     }
 
+    /// The gateway's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.reloader.metrics()
+    }
+
     /// Reloads the manifest and every changed plugin; on any error the
-    /// current snapshot keeps serving. Listener addresses change only on restart.
-    pub async fn reload(&self, cause: &str) -> Result<(), ConfigErrors> {
-        self.reloader.reload(cause).await
+    /// current snapshot keeps serving. Listener addresses and `[admin]`/`[log]`
+    /// settings change only on restart.
+    pub async fn reload(&self) -> Result<(), ConfigErrors> {
+        self.reload_because("API").await
+    }
+
+    /// [`Gateway::reload`], logging `cause` (e.g. "SIGHUP").
+    pub async fn reload_because(&self, cause: &str) -> Result<(), ConfigErrors> {
+        self.reloader.reload(cause).await.map(|_| ())
     }
 
     /// Reload counters.
@@ -112,7 +197,7 @@ impl Gateway {
         self.reloader.stats()
     }
 
-    /// Stops accepting connections and watching files.
+    /// Stops accepting connections (proxy and admin) and watching files.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -123,7 +208,7 @@ impl Gateway {
 
 /// Loads everything a manifest references, as `weir run` would, without serving.
 pub async fn check(manifest: &Path) -> Result<Arc<Snapshot>, ConfigErrors> {
-    Snapshot::load(manifest, Runtime::global())
+    Snapshot::load(manifest, Runtime::global(), &Arc::new(Metrics::new()))
         .await
         .map(Arc::new)
 }

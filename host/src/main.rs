@@ -5,12 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use weir::config::{LogFormat, Manifest};
+use weir::telemetry::logging::{self, LogSettings};
 
 /// Weir: an API gateway whose policies are sandboxed WebAssembly components.
 #[derive(Parser)]
 #[command(name = "weir", version, about)]
 struct Cli {
+    /// Log line format; overrides the manifest's `[log] format`.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,14 +38,28 @@ enum Command {
     },
 }
 
+/// `[log]` from the manifest, overridden by the flag. A manifest that does
+/// not parse logs with the defaults; loading it again reports the error.
+fn log_settings(cli: &Cli) -> LogSettings {
+    let manifest = match &cli.command {
+        Command::Run { manifest, .. } | Command::Check { manifest } => manifest,
+    };
+    let from_file = Manifest::load(manifest).ok().map(|m| m.doc.log);
+    LogSettings {
+        format: cli
+            .log_format
+            .or(from_file.as_ref().map(|l| l.format))
+            .unwrap_or_default(),
+        level: from_file.and_then(|l| l.level.map(|l| l.into_inner())),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = logging::init(&log_settings(&cli)) {
+        eprintln!("error: cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,7 +100,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(manifest: PathBuf, watch: bool) -> anyhow::Result<()> {
-    let mut gateway = weir::Gateway::start(&manifest).await?;
+    // The admin listener comes up first so probes see `/readyz` 503 while plugins compile.
+    let starting = weir::Gateway::begin(&manifest).await?;
+    if let Some(addr) = starting.admin_addr() {
+        tracing::info!(%addr, "admin listening");
+    }
+    let mut gateway = starting.finish().await?;
     let snap = gateway.snapshot();
     for addr in gateway.local_addrs() {
         tracing::info!(%addr, routes = snap.routes.len(), plugins = snap.plugins.len(), load_time = ?snap.load_time, "weir is listening");
@@ -101,7 +124,7 @@ async fn run(manifest: PathBuf, watch: bool) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 // Errors are logged by the reloader; the old snapshot keeps serving.
-                let _ = gateway.reload("SIGHUP").await;
+                let _ = gateway.reload_because("SIGHUP").await;
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

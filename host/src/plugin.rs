@@ -14,7 +14,7 @@ mod instance;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -107,6 +107,7 @@ impl Runtime {
         path: &Path,
         bytes: Vec<u8>,
     ) -> Result<LoadedPlugin, LoadError> {
+        let started = Instant::now();
         if bytes.len() > MAX_MODULE_BYTES {
             return Err(LoadError::TooLarge(bytes.len()));
         }
@@ -124,6 +125,8 @@ impl Runtime {
             path: path.to_path_buf(),
             sha256,
             size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            load_time: started.elapsed(),
             pre,
         })
     }
@@ -159,6 +162,10 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Size in bytes.
     pub size: usize,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// How long reading, compiling and pre-linking took.
+    pub load_time: Duration,
     pre: bindings::PluginPre<HostState>,
 }
 

@@ -41,6 +41,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let current = current.clone();
         tokio::spawn(async move {
+            let _open = current.load().metrics.connection();
             let settings = current.load().server.clone();
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder

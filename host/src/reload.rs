@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use crate::config::Manifest;
 use crate::plugin::Runtime;
 use crate::snapshot::{ConfigErrors, Snapshot};
+use crate::telemetry::metrics::Metrics;
 
 /// Quiet time after the last file event before reloading: editors and `cp`
 /// write in bursts, and a half-written file usually completes within it.
@@ -30,6 +31,7 @@ const MAX_DELAY: Duration = Duration::from_secs(1);
 pub struct Reloader {
     manifest: PathBuf,
     current: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
     // One reload at a time (watcher, SIGHUP and API may race).
     lock: Mutex<()>,
     ok: AtomicU64,
@@ -47,10 +49,11 @@ pub struct ReloadStats {
 
 impl Reloader {
     /// Wraps the first snapshot.
-    pub fn new(manifest: PathBuf, first: Snapshot) -> Reloader {
+    pub fn new(manifest: PathBuf, first: Snapshot, metrics: Arc<Metrics>) -> Reloader {
         Reloader {
             manifest,
             current: Arc::new(ArcSwap::from_pointee(first)),
+            metrics,
             lock: Mutex::new(()),
             ok: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -60,6 +63,11 @@ impl Reloader {
     /// The cell requests read their snapshot from.
     pub fn current(&self) -> &Arc<ArcSwap<Snapshot>> {
         &self.current
+    }
+
+    /// The gateway's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Counters of reloads so far.
@@ -72,18 +80,22 @@ impl Reloader {
 
     /// Builds a new snapshot from the manifest and swaps it in; on any error
     /// the current one stays. `cause` is logged (e.g. "file change", "SIGHUP").
-    pub async fn reload(&self, cause: &str) -> Result<(), ConfigErrors> {
+    pub async fn reload(&self, cause: &str) -> Result<Arc<Snapshot>, ConfigErrors> {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
         let old = self.current.load_full();
-        match Snapshot::load_with(&self.manifest, Runtime::global(), Some(&old)).await {
+        let result =
+            Snapshot::load_with(&self.manifest, Runtime::global(), &self.metrics, Some(&old)).await;
+        self.metrics.reloaded(result.is_ok());
+        match result {
             Ok(new) => {
                 let changes = describe_changes(&old, &new);
                 if new.server.listen != old.server.listen {
                     tracing::warn!("listen addresses changed; they take effect on restart");
                 }
                 let routes = new.routes.len();
-                self.current.store(Arc::new(new));
+                let new = Arc::new(new);
+                self.current.store(new.clone());
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     cause,
@@ -93,7 +105,7 @@ impl Reloader {
                     millis = started.elapsed().as_millis() as u64,
                     "reloaded"
                 );
-                Ok(())
+                Ok(new)
             }
             Err(errors) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);

@@ -100,6 +100,11 @@ impl<T> Router<T> {
         Router { rules }
     }
 
+    /// The rules, most specific first.
+    pub fn rules(&self) -> &[RouteRule<T>] {
+        &self.rules
+    }
+
     /// The best route for a request. `host` must be lower case without port.
     /// `Err(true)` means a route matched host and path but not the method.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Result<&Arc<T>, bool> {

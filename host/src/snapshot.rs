@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_spanned::Spanned;
 
+use crate::admin::AdminSettings;
 use crate::config::{self, ConfigError, Manifest};
 use crate::plugin::{ChainPlugin, LoadedPlugin, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{Target, Upstream};
 
 /// Listener and connection settings.
@@ -38,6 +40,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     /// Its plugins, in order.
     pub chain: Vec<ChainPlugin>,
+    /// Its request and upstream metric handles.
+    pub metrics: RouteMetrics,
 }
 
 impl fmt::Debug for Route {
@@ -64,6 +68,8 @@ pub struct Snapshot {
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     /// How long loading took.
     pub load_time: Duration,
+    /// The gateway's metrics (shared by all its snapshots).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Every error found while loading a manifest.
@@ -113,8 +119,13 @@ impl Loader<'_> {
 
 impl Snapshot {
     /// Loads the manifest at `path` and everything it references.
-    pub async fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<Snapshot, ConfigErrors> {
-        Self::load_with(path, runtime, None).await
+    /// Metric handles are created in `metrics`.
+    pub async fn load(
+        path: &Path,
+        runtime: &Arc<Runtime>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Snapshot, ConfigErrors> {
+        Self::load_with(path, runtime, metrics, None).await
     }
 
     /// Like [`Snapshot::load`], reusing the compiled plugins of `previous`
@@ -122,16 +133,18 @@ impl Snapshot {
     pub async fn load_with(
         path: &Path,
         runtime: &Arc<Runtime>,
+        metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
         let started = Instant::now();
         let manifest = Manifest::load(path)?;
-        Self::resolve(&manifest, runtime, previous, started).await
+        Self::resolve(&manifest, runtime, metrics, previous, started).await
     }
 
     async fn resolve(
         m: &Manifest,
         runtime: &Arc<Runtime>,
+        metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
         started: Instant,
     ) -> Result<Snapshot, ConfigErrors> {
@@ -159,6 +172,19 @@ impl Snapshot {
         }
         if doc.server.max_header_bytes < 8192 {
             l.err::<()>(0..0, "server.max_header_bytes must be at least 8192", None);
+        }
+        // `[admin]` and `[log]` apply at start; checked here so `weir check` reports them.
+        if let Err(errors) = AdminSettings::resolve(m) {
+            l.errors.extend(errors);
+        }
+        if let Some(level) = &doc.log.level
+            && let Err(e) = crate::telemetry::logging::check_level(level.get_ref())
+        {
+            l.err::<()>(
+                level.span(),
+                format!("invalid log level `{}`: {e}", level.get_ref()),
+                Some("use a level (`info`) or filters like `info,weir::access=off`".into()),
+            );
         }
         let server = ServerSettings {
             listen,
@@ -299,6 +325,7 @@ impl Snapshot {
                     route_id.clone(),
                     json,
                     isolation,
+                    metrics.plugin(pname, id),
                 )
                 .await
                 {
@@ -314,6 +341,7 @@ impl Snapshot {
                 }
             }
             let route = Arc::new(Route {
+                metrics: metrics.route(id, Some(&upstream)),
                 id: route_id,
                 upstream,
                 chain,
@@ -336,6 +364,7 @@ impl Snapshot {
             routes,
             plugins,
             load_time: started.elapsed(),
+            metrics: metrics.clone(),
         })
     }
 }

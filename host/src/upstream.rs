@@ -99,8 +99,13 @@ impl Upstream {
 
     /// The next target, round robin.
     pub fn pick(&self) -> &Target {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+        self.pick_indexed().1
+    }
+
+    /// The next target and its index in [`Upstream::targets`], round robin.
+    pub fn pick_indexed(&self) -> (usize, &Target) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        (i, &self.targets[i])
     }
 
     /// All targets.

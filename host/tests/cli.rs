@@ -69,3 +69,124 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Reads the child's stderr on a thread so the test can wait with a timeout.
+fn lines_of(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next JSON log line whose `message` is `message`, within 60 s.
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, message: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no `{message}` log line"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == message {
+            return v;
+        }
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection; returns the raw answer.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Kills the child when the test ends, pass or fail.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn run_with_json_logs_writes_one_access_line_per_request_and_serves_metrics() {
+    let dir = tempfile_dir().join("json-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("gateway.toml");
+    std::fs::write(
+        &manifest,
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[routes]]
+id = "echo"
+upstream = "builtin:echo"
+"#,
+    )
+    .unwrap();
+    let mut child = weir()
+        .args(["run", "--log-format", "json"])
+        .arg(&manifest)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let _running = Running(child);
+
+    let admin = wait_for(&rx, "admin listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = wait_for(&rx, "weir is listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = http_get(&proxy, "/hello?x=1");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let access = wait_for(&rx, "access");
+    assert_eq!(access["target"], "weir::access");
+    assert_eq!(access["level"], "INFO");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["path"], "/hello");
+    assert_eq!(access["route"], "echo");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["upstream"], "builtin:echo");
+    assert!(access["duration_us"].is_u64(), "{access}");
+    let request_id = access["request_id"].as_str().unwrap();
+    assert!(
+        answer.contains(&format!("x-request-id: {request_id}\r\n")),
+        "{answer}"
+    );
+
+    let metrics = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains("weir_requests_total{route=\"echo\",status_class=\"2xx\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+}

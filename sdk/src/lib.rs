@@ -45,8 +45,9 @@
 //! # fn main() {}
 //! ```
 //!
-//! Host services are in [`log`], [`clock`] and [`state`] (shared counters and
-//! token buckets, atomic across every instance of the plugin).
+//! Host services are in [`log`], [`clock`], [`state`] (shared counters and
+//! token buckets, atomic across every instance of the plugin) and
+//! [`metrics`] (counters in the gateway's Prometheus metrics).
 #![deny(missing_docs)]
 
 extern crate self as weir_sdk;
@@ -117,6 +118,26 @@ pub mod clock {
 /// instance of this plugin sees, updated atomically.
 pub mod state {
     pub use crate::wit::weir::plugin::state::{Bucket, TakeResult, WindowCount, incr_window, take};
+}
+
+/// Counters in the gateway's Prometheus metrics.
+///
+/// `counter_add("keys_rejected", &[("reason", "missing")], 1)` shows up as
+/// `weir_custom_keys_rejected_total{plugin="...",route="...",reason="missing"}`.
+/// Names and label names are `[a-zA-Z_][a-zA-Z0-9_]*` (a name must not end
+/// in `_total`); at most 8 labels; at most 1000 distinct series per plugin.
+/// The host drops calls that break these rules, and counts the drops in
+/// `weir_plugin_counter_drops_total`. Keep label values to a small set (a
+/// reason, a tier), never a user id or a path.
+pub mod metrics {
+    /// Adds `delta` to the counter `name{labels}`.
+    pub fn counter_add(name: &str, labels: &[(&str, &str)], delta: u64) {
+        let labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::wit::weir::plugin::metrics::counter_add(name, &labels, delta);
+    }
 }
 
 /// A filter. Implement it for a type and pass the type to [`export!`].

@@ -5,6 +5,7 @@
 mod chain;
 mod config_errors;
 mod hot_swap;
+mod observability;
 mod plugins;
 mod proxying;
 mod routing;

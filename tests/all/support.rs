@@ -164,6 +164,20 @@ impl TestGateway {
         self._dir.path()
     }
 
+    /// A URL on the admin listener; panics if the manifest has no `[admin]`.
+    pub fn admin_url(&self, path: &str) -> String {
+        let addr = self
+            .gateway
+            .admin_addr()
+            .expect("the manifest has no [admin] section");
+        format!("http://{addr}{path}")
+    }
+
+    /// The manifest file, to rewrite before a reload.
+    pub fn manifest_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("gateway.toml")
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         send(Method::GET, &self.url(path), &[], Bytes::new()).await
     }

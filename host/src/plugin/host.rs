@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod state;
 
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::telemetry::metrics::PluginCounters;
 
 /// Store data of one plugin instance.
 pub struct HostState {
@@ -23,6 +26,8 @@ pub struct HostState {
     pub(crate) route: Arc<str>,
     /// State shared by every instance of every plugin (keys are namespaced per plugin).
     pub(crate) shared: Arc<state::SharedState>,
+    /// This plugin's own counters, in its gateway's registry.
+    pub(crate) counters: Arc<PluginCounters>,
 }
 
 impl HostState {
@@ -30,6 +35,7 @@ impl HostState {
         plugin: Arc<str>,
         route: Arc<str>,
         shared: Arc<state::SharedState>,
+        counters: Arc<PluginCounters>,
         max_memory: usize,
     ) -> Self {
         HostState {
@@ -47,6 +53,7 @@ impl HostState {
             plugin,
             route,
             shared,
+            counters,
         }
     }
 

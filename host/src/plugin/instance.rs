@@ -10,6 +10,7 @@ use super::host::HostState;
 use super::host::http::{RequestState, ResponseState};
 use super::{EPOCH_TICK, HOOK_DEADLINE, LoadedPlugin, MAX_MEMORY, Runtime};
 use crate::config::Isolation;
+use crate::telemetry::metrics::PluginMetrics;
 
 /// Idle instances kept per (route, plugin); more are created under load and dropped after.
 const MAX_IDLE: usize = 64;
@@ -27,6 +28,8 @@ pub struct ChainPlugin {
     pub route: Arc<str>,
     /// Instance reuse policy.
     pub isolation: Isolation,
+    /// Call counts, durations and failures, in the gateway's registry.
+    pub metrics: PluginMetrics,
     config_json: String,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
@@ -73,11 +76,13 @@ impl ChainPlugin {
         route: Arc<str>,
         config_json: String,
         isolation: Isolation,
+        metrics: PluginMetrics,
     ) -> Result<ChainPlugin, PluginError> {
         let chain = ChainPlugin {
             plugin,
             route,
             isolation,
+            metrics,
             config_json,
             runtime,
             idle: Mutex::new(Vec::new()),
@@ -105,7 +110,9 @@ impl ChainPlugin {
             Some(wasmtime::Trap::Interrupt) => self.error(PluginErrorKind::Timeout(HOOK_DEADLINE)),
             // The trap code is what an operator needs; the wasm backtrace is noise in a log line.
             Some(trap) => self.error(PluginErrorKind::Trap(trap.to_string())),
-            None => self.error(PluginErrorKind::Trap(format!("{e}"))),
+            // The outer context is a wasm backtrace; the root cause says what happened
+            // (e.g. "forcing trap when growing memory": the memory limit).
+            None => self.error(PluginErrorKind::Trap(e.root_cause().to_string())),
         }
     }
 
@@ -114,6 +121,7 @@ impl ChainPlugin {
             self.plugin.name.clone(),
             self.route.clone(),
             self.runtime.shared.clone(),
+            self.metrics.counters.clone(),
             MAX_MEMORY,
         );
         let mut store = Store::new(&self.runtime.engine, state);

@@ -9,7 +9,12 @@
 //!    (capped), a target picked round robin (502/504 on failure);
 //! 6. **response chain**: `on-response` of every plugin that ran, in reverse,
 //!    also for early replies;
-//! 7. **log** one access record.
+//! 7. **log and metrics**: one `weir::access` record; route, upstream and
+//!    plugin metrics (plugin and upstream ones are taken where they run).
+//!
+//! Before phase 4 the request gets its `X-Request-Id` and this hop's
+//! `traceparent`, so plugins and the upstream see both; the client gets the
+//! request id back on every answer, errors included.
 //!
 //! A plugin failure at any phase answers 500 and never takes the gateway down.
 
@@ -17,8 +22,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -28,6 +34,9 @@ use crate::error::GatewayError;
 use crate::plugin::{Action, RequestState, ResponseState};
 use crate::router::host_of;
 use crate::snapshot::{Route, Snapshot};
+use crate::telemetry::metrics::Hook;
+use crate::telemetry::trace::{self, TraceContext};
+use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Target, echo};
 
 /// Largest body a plugin may put in an early reply.
@@ -42,8 +51,15 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
+    let request_id = trace::request_id(req.headers());
+    let trace = TraceContext::from_headers(req.headers());
     let mut log = Access::default();
-    let resp = match proxy(&snap, req, peer, &mut log).await {
+    let ids = Ids {
+        request_id: &request_id,
+        trace: &trace,
+    };
+    let mut matched = None;
+    let mut resp = match proxy(&snap, req, peer, ids, &mut log, &mut matched).await {
         Ok(r) => r,
         Err(e) => {
             log.answered_by = Some("gateway".into());
@@ -52,37 +68,47 @@ pub async fn handle(
                     tracing::debug!(%peer, path = raw_path, error = %e, "request refused")
                 }
                 _ => {
-                    tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed")
+                    tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), request_id, error = %e, "request failed")
                 }
             }
             e.to_response()
         }
     };
-    tracing::info!(
-        target: "weir::access",
-        %method,
-        path = log.path.as_deref().unwrap_or(&raw_path),
-        route = log.route.as_deref().unwrap_or("-"),
-        status = resp.status().as_u16(),
-        answered_by = log.answered_by.as_deref().unwrap_or("upstream"),
-        micros = started.elapsed().as_micros() as u64,
-        "access"
-    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(trace::REQUEST_ID, v);
+    }
+    let elapsed = started.elapsed();
+    matched
+        .as_ref()
+        .map_or_else(|| snap.metrics.unrouted(), |r: &Arc<Route>| &r.metrics)
+        .answered(resp.status(), elapsed);
+    // Exact for replies, errors and upstream bodies with a Content-Length; never buffered to count.
+    let bytes = resp.body().size_hint().exact();
+    let info = RequestInfo {
+        method: &method,
+        raw_path: &raw_path,
+        peer,
+        request_id: &request_id,
+        trace_id: &trace.trace_id,
+    };
+    log_access(&info, &log, resp.status(), bytes, elapsed);
     resp
 }
 
-#[derive(Default)]
-struct Access {
-    route: Option<Arc<str>>,
-    path: Option<String>,
-    answered_by: Option<Arc<str>>,
+/// The ids this request carries.
+#[derive(Clone, Copy)]
+struct Ids<'a> {
+    request_id: &'a str,
+    trace: &'a TraceContext,
 }
 
 async fn proxy(
     snap: &Snapshot,
     req: Request<Incoming>,
     peer: SocketAddr,
+    ids: Ids<'_>,
     log: &mut Access,
+    matched: &mut Option<Arc<Route>>,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
 
@@ -126,9 +152,14 @@ async fn proxy(
         })?
         .clone();
     log.route = Some(route.id.clone());
+    *matched = Some(route.clone());
 
     // 4. request chain
     strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(ids.request_id) {
+        parts.headers.insert(trace::REQUEST_ID, v);
+    }
+    ids.trace.inject(&mut parts.headers);
     let mut state = RequestState {
         method: parts.method.clone(),
         path,
@@ -137,13 +168,23 @@ async fn proxy(
         headers: std::mem::take(&mut parts.headers),
         client: peer,
         route_id: route.id.clone(),
-        vars: Vec::new(),
+        vars: vec![
+            ("request_id".into(), ids.request_id.into()),
+            ("trace_id".into(), ids.trace.trace_id.clone()),
+        ],
         read_only: false,
     };
     let mut ran = 0;
     let mut early = None;
     for plugin in &route.chain {
+        let t = Instant::now();
         let (back, result) = plugin.on_request(state).await;
+        let took = t.elapsed();
+        log.plugin_time += took;
+        plugin.metrics.called(Hook::Request, took);
+        if let Err(e) = &result {
+            plugin.metrics.failed(&e.kind);
+        }
         ran += 1;
         state = back.ok_or_else(|| GatewayError::Internal("plugin lost the request".into()))?;
         match result? {
@@ -151,13 +192,17 @@ async fn proxy(
             Action::Respond(reply) => {
                 let (status, headers, body) =
                     crate::plugin::host::http::reply_parts(reply, MAX_REPLY_BODY).map_err(|e| {
+                        let kind = crate::plugin::PluginErrorKind::BadReply(e);
+                        plugin.metrics.failed(&kind);
                         GatewayError::Plugin(crate::plugin::PluginError {
                             plugin: plugin.name().clone(),
                             route: route.id.clone(),
-                            kind: crate::plugin::PluginErrorKind::BadReply(e),
+                            kind,
                         })
                     })?;
+                plugin.metrics.short_circuited(status.as_u16());
                 log.answered_by = Some(plugin.name().clone());
+                log.short_circuit = Some(plugin.name().clone());
                 early = Some((status, headers, body));
                 break;
             }
@@ -168,7 +213,7 @@ async fn proxy(
     let (status, mut headers, body) = match early {
         Some((status, headers, bytes)) => (status, headers, body::full(bytes)),
         None => {
-            let resp = forward(&route, &state, body, max_body).await?;
+            let resp = forward(&route, &state, body, max_body, log).await?;
             let (p, b) = resp.into_parts();
             (p.status, p.headers, b)
         }
@@ -180,7 +225,14 @@ async fn proxy(
     let mut resp_state = ResponseState { status, headers };
     state.read_only = true;
     for plugin in route.chain[..ran].iter().rev() {
+        let t = Instant::now();
         let (back, result) = plugin.on_response(state, resp_state).await;
+        let took = t.elapsed();
+        log.plugin_time += took;
+        plugin.metrics.called(Hook::Response, took);
+        if let Err(e) = &result {
+            plugin.metrics.failed(&e.kind);
+        }
         result?;
         (state, resp_state) =
             back.ok_or_else(|| GatewayError::Internal("plugin lost the response".into()))?;
@@ -202,6 +254,7 @@ async fn forward(
     state: &RequestState,
     body: Incoming,
     max_body: u64,
+    log: &mut Access,
 ) -> Result<Response<Body>, GatewayError> {
     let mut pq = state.path.clone();
     if let Some(q) = &state.query {
@@ -213,7 +266,11 @@ async fn forward(
     let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
 
     let upstream = &route.upstream;
-    let target = upstream.pick();
+    let (index, target) = upstream.pick_indexed();
+    let metrics = route.metrics.target(index);
+    if let Some(m) = metrics {
+        log.upstream = Some(m.label.clone());
+    }
     let uri = match target {
         Target::Echo => pq.clone(),
         Target::Http(authority) => format!("http://{authority}{pq}"),
@@ -225,7 +282,8 @@ async fn forward(
         .map_err(|e| GatewayError::Internal(format!("cannot build the upstream request: {e}")))?;
     *req.headers_mut() = headers;
 
-    match target {
+    let sent = Instant::now();
+    let result = match target {
         Target::Echo => echo::respond(req)
             .await
             .map_err(|e| classify(e, max_body, "builtin:echo")),
@@ -237,7 +295,13 @@ async fn forward(
                 Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
             }
         }
+    };
+    let took = sent.elapsed();
+    log.upstream_time = Some(took);
+    if let Some(m) = metrics {
+        m.exchanged(result.as_ref().map(|_| ()), took);
     }
+    result
 }
 
 /// Sorts a failed exchange into client-body-too-large or upstream failure.

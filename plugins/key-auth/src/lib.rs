@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
+use weir_sdk::metrics;
 use weir_sdk::{Action, Plugin, Request, reply};
 
 /// The route's config table.
@@ -192,6 +193,7 @@ impl Plugin for KeyAuth {
                 "invalid API key",
                 &[("source", source.as_str())],
             );
+            metrics::counter_add("key_auth_rejected", &[("reason", "invalid")], 1);
             return self.unauthorized("invalid API key\n");
         };
         let consumer = self.keys[index].consumer.as_str();
@@ -213,6 +215,7 @@ impl Plugin for KeyAuth {
 impl KeyAuth {
     fn missing(&self) -> Action {
         log::debug("missing API key");
+        metrics::counter_add("key_auth_rejected", &[("reason", "missing")], 1);
         self.unauthorized("missing API key\n")
     }
 

@@ -1,4 +1,5 @@
-//! Test plugin: panics (a wasm trap) when the request has `x-trap: 1`.
+//! Test plugin: panics (a wasm trap) when the request has `x-trap: 1`;
+//! with `x-trap: memory` it grows its memory past the host's limit.
 use weir_sdk::{Action, Plugin, Request};
 
 #[derive(serde::Deserialize)]
@@ -14,8 +15,13 @@ impl Plugin for Trap {
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        if req.header("x-trap").as_deref() == Some("1") {
-            panic!("asked to trap");
+        match req.header("x-trap").as_deref() {
+            Some("1") => panic!("asked to trap"),
+            Some("memory") => {
+                let hog = vec![1u8; 256 << 20];
+                std::hint::black_box(&hog);
+            }
+            _ => {}
         }
         let _ = req.set_header("x-trap-ok", "1");
         Action::Continue

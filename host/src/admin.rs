@@ -1,0 +1,365 @@
+//! The admin listener (`[admin]`): health, readiness, metrics, what is
+//! loaded, and reload. It is separate from the proxy listeners, binds
+//! loopback unless told otherwise, and comes up before the first snapshot
+//! loads so `/readyz` can say "not yet".
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 503 until the first snapshot is loaded, then 200 |
+//! | `GET /metrics` | Prometheus/OpenMetrics text |
+//! | `GET /routes` | JSON: each route's match, upstream and plugin chain |
+//! | `GET /plugins` | JSON: each plugin's sha256, size, load time, limits and routes |
+//! | `POST /reload` | 200 and a JSON summary, or 422 and the config errors |
+//!
+//! With `token` (or `token_env`) set, every endpoint but `/healthz` and
+//! `/readyz` (probes) needs `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{Body, full};
+use crate::config::{ConfigError, Manifest};
+use crate::router::{HostMatch, PathMatch};
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::{Metrics, target_label};
+
+/// `[admin]`, resolved.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// Where the admin listener binds.
+    pub listen: SocketAddr,
+    /// The bearer token, if one is required.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs and panics.
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl AdminSettings {
+    /// Reads `[admin]` from the manifest (`None` without the section).
+    /// `token_env` is read from the environment now.
+    pub fn resolve(m: &Manifest) -> Result<Option<AdminSettings>, Vec<ConfigError>> {
+        let Some(admin) = &m.doc.admin else {
+            return Ok(None);
+        };
+        let mut errors = Vec::new();
+        let a = admin.get_ref();
+        let listen = match a.listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.push(
+                    m.error_at(
+                        a.listen.span(),
+                        format!("invalid admin listen address `{}`", a.listen.get_ref()),
+                    )
+                    .help("write it as `IP:PORT`, e.g. \"127.0.0.1:9901\""),
+                );
+                None
+            }
+        };
+        let token = match (&a.token, &a.token_env) {
+            (Some(_), Some(env)) => {
+                errors.push(
+                    m.error_at(env.span(), "`[admin]` has both `token` and `token_env`")
+                        .help("keep one; `token_env` keeps the secret out of the manifest"),
+                );
+                None
+            }
+            (Some(t), None) if t.get_ref().trim().is_empty() => {
+                errors.push(
+                    m.error_at(t.span(), "the admin token is empty")
+                        .help("set a long random token, or remove `token`"),
+                );
+                None
+            }
+            (Some(t), None) => Some(t.get_ref().clone()),
+            (None, Some(env)) => match std::env::var(env.get_ref()) {
+                Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+                _ => {
+                    errors.push(
+                        m.error_at(
+                            env.span(),
+                            format!(
+                                "environment variable `{}` is not set or empty",
+                                env.get_ref()
+                            ),
+                        )
+                        .help("export it before starting weir, or use `token = \"...\"`"),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        match listen {
+            Some(listen) if errors.is_empty() => Ok(Some(AdminSettings { listen, token })),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// What the admin handlers read.
+pub(crate) struct AdminState {
+    pub(crate) metrics: Arc<Metrics>,
+    token: Option<String>,
+    /// Set once the first snapshot serves: `/readyz` flips to 200.
+    pub(crate) gateway: OnceLock<Arc<crate::Reloader>>,
+}
+
+impl AdminState {
+    pub(crate) fn new(metrics: Arc<Metrics>, token: Option<String>) -> AdminState {
+        AdminState {
+            metrics,
+            token,
+            gateway: OnceLock::new(),
+        }
+    }
+
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves the admin API on `listener` until `stop` flips.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut body = serde_json::to_string_pretty(v).unwrap_or_default();
+    body.push('\n');
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let allowed: &[Method] = match path {
+        "/healthz" | "/readyz" | "/metrics" | "/routes" | "/plugins" => {
+            &[Method::GET, Method::HEAD]
+        }
+        "/reload" => &[Method::POST],
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if !allowed.contains(req.method()) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
+    }
+    let gateway = state.gateway.get();
+    match path {
+        "/healthz" => return text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            return match gateway {
+                Some(_) => text(StatusCode::OK, "ready\n"),
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "loading\n"),
+            };
+        }
+        _ => {}
+    }
+    if !state.authorised(&req) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"weir-admin\""),
+        );
+        return r;
+    }
+    if path == "/metrics" {
+        let snap = gateway.map(|g| g.current().load_full());
+        let mut r = Response::new(full(state.metrics.encode(snap.as_deref())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        return r;
+    }
+    let Some(gateway) = gateway else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "loading\n");
+    };
+    match path {
+        "/routes" => json_response(StatusCode::OK, &routes(&gateway.current().load())),
+        "/plugins" => json_response(StatusCode::OK, &plugins(&gateway.current().load())),
+        _ => match gateway.reload("admin API").await {
+            Ok(snap) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "status": "ok",
+                    "routes": snap.routes.len(),
+                    "plugins": snap.plugins.len(),
+                    "load_time_ms": millis(snap.load_time),
+                }),
+            ),
+            Err(errors) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{errors}\n")),
+        },
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn routes(snap: &Snapshot) -> Value {
+    let rules = snap.router.rules();
+    let list: Vec<Value> = snap
+        .routes
+        .iter()
+        .map(|route| {
+            let rule = rules.iter().find(|r| Arc::ptr_eq(&r.target, route));
+            let host = rule.map(|r| match &r.host {
+                HostMatch::Any => Value::Null,
+                HostMatch::Exact(h) => h.clone().into(),
+                HostMatch::Wildcard(s) => format!("*{s}").into(),
+            });
+            let (kind, path) = match rule.map(|r| &r.path) {
+                Some(PathMatch::Exact(p)) => ("path", p.clone()),
+                Some(PathMatch::Prefix(p)) => ("prefix", p.clone()),
+                None => ("prefix", "/".into()),
+            };
+            let methods: Vec<&str> = rule
+                .map(|r| r.methods.iter().map(Method::as_str).collect())
+                .unwrap_or_default();
+            let plugins: Vec<Value> = route
+                .chain
+                .iter()
+                .map(|p| {
+                    json!({
+                        "name": &*p.plugin.name,
+                        "sha256": p.plugin.sha256,
+                        "isolation": format!("{:?}", p.isolation).to_lowercase(),
+                        "idle_instances": p.idle_instances(),
+                    })
+                })
+                .collect();
+            let targets: Vec<String> = route.upstream.targets().iter().map(target_label).collect();
+            json!({
+                "id": &*route.id,
+                "host": host.unwrap_or(Value::Null),
+                kind: path,
+                "methods": methods,
+                "upstream": route.upstream.name,
+                "targets": targets,
+                "plugins": plugins,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn plugins(snap: &Snapshot) -> Value {
+    let list: Vec<Value> = snap
+        .plugins
+        .values()
+        .map(|p| {
+            let routes: Vec<&str> = snap
+                .routes
+                .iter()
+                .filter(|r| r.chain.iter().any(|c| Arc::ptr_eq(&c.plugin, p)))
+                .map(|r| &*r.id)
+                .collect();
+            let loaded_at = p
+                .loaded_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            json!({
+                "name": &*p.name,
+                "path": p.path.display().to_string(),
+                "sha256": p.sha256,
+                "size": p.size,
+                "load_time_ms": millis(p.load_time),
+                "loaded_at": loaded_at,
+                "limits": {
+                    "memory_bytes": crate::plugin::MAX_MEMORY,
+                    "hook_deadline_ms": crate::plugin::HOOK_DEADLINE.as_millis() as u64,
+                },
+                "routes": routes,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
