@@ -45,6 +45,7 @@ fn request() -> RequestState {
 
 async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation) -> ChainPlugin {
     let rt = Runtime::global().clone();
+    let metrics = weir::telemetry::metrics::Metrics::new();
     let loaded = rt
         .load(name, &wasm(stem))
         .unwrap_or_else(|e| panic!("{stem}: {e} (build the plugins first)"));
@@ -54,6 +55,7 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
         "bench".into(),
         config.into(),
         isolation,
+        metrics.plugin(name, "bench"),
     )
     .await
     .unwrap()
