@@ -3,13 +3,15 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 6] = [
+const PLUGINS: [&str; 8] = [
     "key-auth",
     "jwt-auth",
     "headers",
     "rate-limit",
     "test-trap",
     "test-order",
+    "test-hostile",
+    "test-socket",
 ];
 
 fn main() {

@@ -17,10 +17,12 @@
 //!
 //! Layers, in request order: [`config`] (raw TOML) → [`snapshot`] (resolved
 //! and loaded) → [`proxy`] (listener and request phases) → [`path`] and
-//! [`router`] → [`plugin`] (wasmtime runtime, host capabilities, instance
-//! pools) → [`upstream`].
+//! [`router`] → [`plugin`] (wasmtime runtime, sandbox limits and grants,
+//! host capabilities, instance pools) → [`upstream`]. Beside them,
+//! [`audit`] reports what each plugin is and may do.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -11,7 +11,9 @@
 //!    also for early replies;
 //! 7. **log** one access record.
 //!
-//! A plugin failure at any phase answers 500 and never takes the gateway down.
+//! A plugin failure (trap, deadline, limit) never takes the gateway down: a
+//! fail-closed plugin answers its `fail_status` (503) and the upstream is
+//! not called; a fail-open plugin is skipped with its changes dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,14 +26,12 @@ use hyper::body::Incoming;
 
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use crate::body::{self, Body, BoxError};
+use crate::config::Fail;
 use crate::error::GatewayError;
-use crate::plugin::{Action, RequestState, ResponseState};
+use crate::plugin::{ChainPlugin, Outcome, PluginError, RequestState, ResponseState};
 use crate::router::host_of;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Target, echo};
-
-/// Largest body a plugin may put in an early reply.
-const MAX_REPLY_BODY: usize = 64 * 1024;
 
 /// Handles one request against `snap`; never fails: errors become responses.
 pub async fn handle(
@@ -140,27 +140,27 @@ async fn proxy(
         vars: Vec::new(),
         read_only: false,
     };
-    let mut ran = 0;
+    let mut ran = Vec::with_capacity(route.chain.len());
     let mut early = None;
-    for plugin in &route.chain {
-        let (back, result) = plugin.on_request(state).await;
-        ran += 1;
-        state = back.ok_or_else(|| GatewayError::Internal("plugin lost the request".into()))?;
-        match result? {
-            Action::Continue => {}
-            Action::Respond(reply) => {
-                let (status, headers, body) =
-                    crate::plugin::host::http::reply_parts(reply, MAX_REPLY_BODY).map_err(|e| {
-                        GatewayError::Plugin(crate::plugin::PluginError {
-                            plugin: plugin.name().clone(),
-                            route: route.id.clone(),
-                            kind: crate::plugin::PluginErrorKind::BadReply(e),
-                        })
-                    })?;
-                log.answered_by = Some(plugin.name().clone());
-                early = Some((status, headers, body));
-                break;
+    for (i, plugin) in route.chain.iter().enumerate() {
+        // Fail open means "as if it were not there": keep the request as it was before it.
+        let before = (plugin.fail.mode == Fail::Open).then(|| state.clone());
+        match plugin.on_request(state).await {
+            Ok((back, outcome)) => {
+                state = back;
+                ran.push(i);
+                if let Outcome::Respond {
+                    status,
+                    headers,
+                    body,
+                } = outcome
+                {
+                    log.answered_by = Some(plugin.name().clone());
+                    early = Some((status, headers, body));
+                    break;
+                }
             }
+            Err(e) => state = before.ok_or_else(|| closed(plugin, e))?,
         }
     }
 
@@ -179,11 +179,13 @@ async fn proxy(
     // 6. response chain, reverse order
     let mut resp_state = ResponseState { status, headers };
     state.read_only = true;
-    for plugin in route.chain[..ran].iter().rev() {
-        let (back, result) = plugin.on_response(state, resp_state).await;
-        result?;
-        (state, resp_state) =
-            back.ok_or_else(|| GatewayError::Internal("plugin lost the response".into()))?;
+    for &i in ran.iter().rev() {
+        let plugin = &route.chain[i];
+        let before = (plugin.fail.mode == Fail::Open).then(|| (state.clone(), resp_state.clone()));
+        match plugin.on_response(state, resp_state).await {
+            Ok(back) => (state, resp_state) = back,
+            Err(e) => (state, resp_state) = before.ok_or_else(|| closed(plugin, e))?,
+        }
     }
 
     let mut resp = Response::new(body);
@@ -195,6 +197,14 @@ async fn proxy(
         resp.headers_mut().insert(header::CONTENT_LENGTH, cl);
     }
     Ok(resp)
+}
+
+/// The answer of a fail-closed plugin that failed.
+fn closed(plugin: &ChainPlugin, error: PluginError) -> GatewayError {
+    GatewayError::Plugin {
+        error,
+        status: plugin.fail.status,
+    }
 }
 
 async fn forward(
