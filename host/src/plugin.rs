@@ -108,23 +108,19 @@ impl Runtime {
         path: &Path,
         policy: &Policy,
     ) -> Result<LoadedPlugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))?;
+        let read = |e: std::io::Error| LoadError::Read(e.to_string());
+        // A huge file is refused before it is read, not after.
+        let size = std::fs::metadata(path).map_err(read)?.len();
         let limit = policy.limits.max_module_bytes;
-        if bytes.len() > limit {
+        if size > limit as u64 {
             return Err(LoadError::TooLarge {
-                size: bytes.len(),
+                size: usize::try_from(size).unwrap_or(usize::MAX),
                 limit,
             });
         }
+        let bytes = std::fs::read(path).map_err(read)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        if let Some(pin) = &policy.sha256
-            && !pin.eq_ignore_ascii_case(&sha256)
-        {
-            return Err(LoadError::HashMismatch {
-                pinned: pin.clone(),
-                actual: sha256,
-            });
-        }
+        check_file(bytes.len(), &sha256, policy)?;
         check_header(&bytes)?;
         let component = Component::from_binary(&self.engine, &bytes)
             .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
@@ -141,7 +137,14 @@ impl Runtime {
             .resources_required()
             .and_then(|r| r.max_initial_memory_size)
             .map(|pages| pages.saturating_mul(WASM_PAGE));
-        let mut plugin = LoadedPlugin {
+        // Named refusals first: the linker's own error would be vaguer.
+        admit(&imports, min_memory, policy)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        Ok(LoadedPlugin {
             name: name.into(),
             path: path.to_path_buf(),
             sha256,
@@ -149,19 +152,46 @@ impl Runtime {
             imports,
             exports,
             min_memory,
-            pre: None,
-        };
-        // Named refusals first: the linker's own error would be vaguer.
-        plugin.admit(policy)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
-        plugin.pre = Some(pre);
-        Ok(plugin)
+            pre,
+        })
     }
 }
+
+/// The file must be within `max_module_bytes` and match its `sha256` pin.
+fn check_file(size: usize, sha256: &str, policy: &Policy) -> Result<(), LoadError> {
+    let limit = policy.limits.max_module_bytes;
+    if size > limit {
+        return Err(LoadError::TooLarge { size, limit });
+    }
+    if let Some(pin) = &policy.sha256
+        && !pin.eq_ignore_ascii_case(sha256)
+    {
+        return Err(LoadError::HashMismatch {
+            pinned: pin.clone(),
+            actual: sha256.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Every import must be allowed, and the declared initial memory must fit `max_memory`.
+fn admit(imports: &[String], min_memory: Option<u64>, policy: &Policy) -> Result<(), LoadError> {
+    for import in imports {
+        let cap = Capability::of(import);
+        if !cap.allowed() {
+            return Err(LoadError::NotGranted {
+                import: import.clone(),
+                capability: cap.name(),
+            });
+        }
+    }
+    let limit = policy.limits.max_memory as u64;
+    if let Some(min) = min_memory.filter(|m| *m > limit) {
+        return Err(LoadError::MemoryTooSmall { min, limit });
+    }
+    Ok(())
+}
+
 /// Names the common mistakes before the parser does, in words an operator can act on.
 fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     match bytes.get(..8) {
@@ -193,35 +223,16 @@ pub struct LoadedPlugin {
     pub exports: Vec<String>,
     /// The largest initial linear memory any of its modules declares, in bytes.
     pub min_memory: Option<u64>,
-    pre: Option<bindings::PluginPre<HostState>>,
+    pre: bindings::PluginPre<HostState>,
 }
 
 impl LoadedPlugin {
-    /// Checks the compiled plugin against a policy: every import must be
-    /// allowed, and the declared initial memory must fit `max_memory`.
-    /// Loading already does this; call it again when reusing a compiled
-    /// plugin under a changed manifest.
+    /// Checks the compiled plugin against a policy: size, `sha256` pin,
+    /// imports and declared initial memory. Loading already does this; call
+    /// it again when reusing a compiled plugin under a changed manifest.
     pub fn admit(&self, policy: &Policy) -> Result<(), LoadError> {
-        for import in &self.imports {
-            let cap = Capability::of(import);
-            if !cap.allowed() {
-                return Err(LoadError::NotGranted {
-                    import: import.clone(),
-                    capability: cap.name(),
-                });
-            }
-        }
-        let limit = policy.limits.max_memory as u64;
-        if let Some(min) = self.min_memory.filter(|m| *m > limit) {
-            return Err(LoadError::MemoryTooSmall { min, limit });
-        }
-        Ok(())
-    }
-
-    fn pre(&self) -> &bindings::PluginPre<HostState> {
-        self.pre
-            .as_ref()
-            .expect("a LoadedPlugin is only handed out once pre-linked")
+        check_file(self.size, &self.sha256, policy)?;
+        admit(&self.imports, self.min_memory, policy)
     }
 }
 

@@ -295,7 +295,8 @@ impl ChainPlugin {
             Ok(if budget.ticks >= budget.max_ticks {
                 UpdateDeadline::Interrupt
             } else {
-                UpdateDeadline::Yield(1)
+                // tokio's yield lets the I/O driver run too, not just other ready tasks.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
             })
         });
         let init_deadline = limits.cpu_deadline.max(MIN_INIT_DEADLINE);
@@ -303,7 +304,7 @@ impl ChainPlugin {
         store.set_epoch_deadline(1);
         let filter = self
             .plugin
-            .pre()
+            .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| {

@@ -51,6 +51,10 @@ pub async fn handle(
                 crate::error::Blame::Downstream => {
                     tracing::debug!(%peer, path = raw_path, error = %e, "request refused")
                 }
+                // Already logged by the plugin layer, with hook and reason.
+                crate::error::Blame::Plugin => {
+                    tracing::debug!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed")
+                }
                 _ => {
                     tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed")
                 }
