@@ -3,7 +3,7 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 9] = [
+const PLUGINS: [&str; 11] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -13,6 +13,8 @@ const PLUGINS: [&str; 9] = [
     "test-stamp-v1",
     "test-stamp-v2",
     "test-wrong-world",
+    "test-hostile",
+    "test-socket",
 ];
 
 fn main() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use weir::config::Isolation;
-use weir::plugin::{Action, ChainPlugin, RequestState, ResponseState, Runtime};
+use weir::plugin::{ChainPlugin, Outcome, PluginUse, RequestState, ResponseState, Runtime};
 
 fn wasm(stem: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
@@ -47,14 +47,18 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
     let rt = Runtime::global().clone();
     let metrics = weir::telemetry::metrics::Metrics::new();
     let loaded = rt
-        .load(name, &wasm(stem))
+        .load(name, &wasm(stem), &Default::default())
         .unwrap_or_else(|e| panic!("{stem}: {e} (build the plugins first)"));
     ChainPlugin::new(
         rt,
         Arc::new(loaded),
         "bench".into(),
-        config.into(),
-        isolation,
+        PluginUse {
+            config_json: config.into(),
+            isolation,
+            policy: Default::default(),
+            fail: Default::default(),
+        },
         metrics.plugin(name, "bench"),
     )
     .await
@@ -64,9 +68,9 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
 async fn run_chain(chain: &[ChainPlugin]) {
     let mut req = request();
     for p in chain {
-        let (back, action) = p.on_request(req).await;
-        assert!(matches!(action.unwrap(), Action::Continue));
-        req = back.unwrap();
+        let (back, outcome) = p.on_request(req).await.unwrap();
+        assert!(matches!(outcome, Outcome::Continue));
+        req = back;
     }
     req.read_only = true;
     let mut resp = ResponseState {
@@ -74,9 +78,7 @@ async fn run_chain(chain: &[ChainPlugin]) {
         headers: HeaderMap::new(),
     };
     for p in chain.iter().rev() {
-        let (back, r) = p.on_response(req, resp).await;
-        r.unwrap();
-        (req, resp) = back.unwrap();
+        (req, resp) = p.on_response(req, resp).await.unwrap();
     }
 }
 
@@ -108,11 +110,11 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("hook");
     g.bench_function("on_request/reused_instance", |b| {
         b.to_async(&rt)
-            .iter(|| async { reused.on_request(request()).await.1.unwrap() })
+            .iter(|| async { reused.on_request(request()).await.unwrap().1 })
     });
     g.bench_function("on_request/fresh_instance", |b| {
         b.to_async(&rt)
-            .iter(|| async { fresh.on_request(request()).await.1.unwrap() })
+            .iter(|| async { fresh.on_request(request()).await.unwrap().1 })
     });
     g.bench_function("request_state_only", |b| b.iter(request));
     g.finish();
@@ -130,7 +132,11 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("compile_headers_plugin", |b| {
         let runtime = Runtime::global();
-        b.iter(|| runtime.load("headers", &wasm("headers")).unwrap())
+        b.iter(|| {
+            runtime
+                .load("headers", &wasm("headers"), &Default::default())
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -353,10 +353,13 @@ fn plugins(snap: &Snapshot) -> Value {
                 "size": p.size,
                 "load_time_ms": millis(p.load_time),
                 "loaded_at": loaded_at,
-                "limits": {
-                    "memory_bytes": crate::plugin::MAX_MEMORY,
-                    "hook_deadline_ms": crate::plugin::HOOK_DEADLINE.as_millis() as u64,
-                },
+                "limits": snap.policies.get(&*p.name).map(|pol| json!({
+                    "max_memory_bytes": pol.limits.max_memory,
+                    "cpu_deadline_ms": pol.limits.cpu_deadline.as_millis() as u64,
+                    "call_timeout_ms": pol.limits.call_timeout.as_millis() as u64,
+                    "max_host_calls": pol.limits.max_host_calls,
+                    "max_module_bytes": pol.limits.max_module_bytes,
+                })),
                 "routes": routes,
             })
         })

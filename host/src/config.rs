@@ -22,15 +22,17 @@
 
 mod diag;
 mod duration;
+mod size;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
 pub use diag::{ConfigError, Location};
 pub use duration::Duration;
+pub use size::ByteSize;
 
 /// A parsed manifest plus where it came from, for error messages.
 #[derive(Debug)]
@@ -168,19 +170,69 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[plugins.NAME]`.
+/// `[plugins.NAME]`: where the component is, what it may use and how much.
+///
+/// Every limit has a safe default (see [`crate::plugin::Limits`]); the
+/// manifest can tighten or loosen each one per plugin.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     /// `path`: the component `.wasm`, relative to the manifest.
     pub path: Spanned<PathBuf>,
+    /// `sha256`: hex digest the file must have; any other file is refused at load.
+    pub sha256: Option<Spanned<String>>,
     /// `isolation`: `"pooled"` (reused instances) or `"request"` (fresh per request).
     #[serde(default)]
     pub isolation: Isolation,
+    /// `max_memory`: linear memory one instance may grow to (default `"64MiB"`).
+    pub max_memory: Option<Spanned<ByteSize>>,
+    /// `cpu_deadline`: time one hook call may run wasm code (default `"100ms"`).
+    pub cpu_deadline: Option<Spanned<Duration>>,
+    /// `call_timeout`: wall time one hook call may take, waits included (default `"1s"`).
+    pub call_timeout: Option<Spanned<Duration>>,
+    /// `max_host_calls`: calls into `weir:plugin` imports per hook call (default 10000).
+    pub max_host_calls: Option<Spanned<u32>>,
+    /// `max_handles`: live resource handles per instance (default 1024).
+    pub max_handles: Option<Spanned<u32>>,
+    /// `max_module_bytes`: largest `.wasm` file accepted (default `"32MiB"`).
+    pub max_module_bytes: Option<Spanned<ByteSize>>,
+    /// `max_headers`: headers a plugin may leave on a message or put in a reply (default 256).
+    pub max_headers: Option<Spanned<u32>>,
+    /// `max_header_bytes`: total header bytes (names and values) after a plugin edit (default `"64KiB"`).
+    pub max_header_bytes: Option<Spanned<ByteSize>>,
+    /// `max_reply_body`: largest body of a plugin's own reply (default `"64KiB"`).
+    pub max_reply_body: Option<Spanned<ByteSize>>,
+    /// `grants`: capabilities beyond the inert default.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// `grants = { ... }` in `[plugins.NAME]`: what a plugin may reach beyond its
+/// `weir:plugin` imports. Everything not granted here is absent or inert.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// `env`: names of the gateway's environment variables the plugin may read.
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// `stdio`: `"discard"` (default) or `"log"` (stdout/stderr lines into the gateway log).
+    #[serde(default)]
+    pub stdio: Stdio,
+}
+
+/// Where a plugin's stdout and stderr go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stdio {
+    /// Thrown away.
+    #[default]
+    Discard,
+    /// Each line becomes a `weir::plugin` log record tagged with plugin and route.
+    Log,
 }
 
 /// How plugin instances are reused.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// A pool of instances per (route, plugin), each serving one request at a time.
@@ -220,6 +272,22 @@ pub struct RoutePlugin {
     /// `config`: the table handed to the plugin (as JSON) when it loads.
     #[serde(default)]
     pub config: Option<Spanned<toml::Table>>,
+    /// `fail`: what a failure of this plugin (trap, timeout, limit) does to the request.
+    #[serde(default)]
+    pub fail: Fail,
+    /// `fail_status`: the status a fail-closed failure answers with (default 503).
+    pub fail_status: Option<Spanned<u16>>,
+}
+
+/// Failure policy of one plugin in one route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fail {
+    /// Answer `fail_status` (503) and never reach the upstream.
+    #[default]
+    Closed,
+    /// Skip the plugin (its changes are dropped) and go on with the chain.
+    Open,
 }
 
 /// A validated name: letters, digits, `-` and `_`, starting with a letter.

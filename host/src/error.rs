@@ -39,9 +39,14 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out after {0:?}")]
     UpstreamTimeout(std::time::Duration),
-    /// A plugin trapped, timed out or returned something invalid.
-    #[error(transparent)]
-    Plugin(#[from] crate::plugin::PluginError),
+    /// A fail-closed plugin trapped, timed out, hit a limit or returned something invalid.
+    #[error("{error}")]
+    Plugin {
+        /// What failed.
+        error: crate::plugin::PluginError,
+        /// The route's `fail_status` for this plugin.
+        status: StatusCode,
+    },
     /// The request could not be built for the upstream.
     #[error("internal error: {0}")]
     Internal(String),
@@ -58,7 +63,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_) => {
                 Blame::Upstream
             }
-            GatewayError::Plugin(_) => Blame::Plugin,
+            GatewayError::Plugin { .. } => Blame::Plugin,
             GatewayError::Internal(_) => Blame::Internal,
         }
     }
@@ -77,9 +82,8 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Plugin(_) | GatewayError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            GatewayError::Plugin { status, .. } => *status,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -17,14 +17,16 @@
 //!
 //! Layers, in request order: [`config`] (raw TOML) → [`snapshot`] (resolved
 //! and loaded) → [`proxy`] (listener and request phases) → [`path`] and
-//! [`router`] → [`plugin`] (wasmtime runtime, host capabilities, instance
-//! pools) → [`upstream`]; [`reload`] swaps snapshots when files change.
-//! Beside the request path: [`telemetry`] (logs, metrics, request ids and
-//! trace context, the access record) and [`admin`] (health, readiness,
-//! metrics, reload on a separate listener).
+//! [`router`] → [`plugin`] (wasmtime runtime, sandbox limits and grants,
+//! host capabilities, instance pools) → [`upstream`]; [`reload`] swaps
+//! snapshots when files change. Beside the request path: [`telemetry`] (logs,
+//! metrics, request ids and trace context, the access record), [`admin`]
+//! (health, readiness, metrics, reload on a separate listener) and [`audit`]
+//! (what each plugin is and may do).
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The `weir` command: run or check a gateway manifest.
+//! The `weir` command: run or check a gateway manifest, or audit plugins.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,15 +36,29 @@ enum Command {
         /// Path to the manifest (TOML).
         manifest: PathBuf,
     },
+    /// Report what plugins are and may do: sha256, size, WIT world, imports
+    /// by capability, exports, producers; given a manifest, also the limits,
+    /// grants, isolation and failure policy in force per route.
+    Audit {
+        /// A plugin `.wasm`, or a manifest (every plugin it lists).
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `[log]` from the manifest, overridden by the flag. A manifest that does
 /// not parse logs with the defaults; loading it again reports the error.
 fn log_settings(cli: &Cli) -> LogSettings {
     let manifest = match &cli.command {
-        Command::Run { manifest, .. } | Command::Check { manifest } => manifest,
+        Command::Run { manifest, .. } | Command::Check { manifest } => Some(manifest),
+        // `audit` takes a manifest or a plugin file; it logs with the defaults.
+        Command::Audit { .. } => None,
     };
-    let from_file = Manifest::load(manifest).ok().map(|m| m.doc.log);
+    let from_file = manifest
+        .and_then(|m| Manifest::load(m).ok())
+        .map(|m| m.doc.log);
     LogSettings {
         format: cli
             .log_format
@@ -85,6 +99,32 @@ fn main() -> ExitCode {
                 }
                 Err(errors) => {
                     eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Audit { path, json } => match weir::audit::audit(&path).await {
+                Ok(report) => {
+                    if json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => eprintln!("error: {e}"),
+                        }
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                    // Scripts can gate on it: 1 when a plugin would be refused.
+                    if report.plugins.iter().all(|p| p.admitted) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(weir::audit::AuditError::Manifest(errors)) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             },

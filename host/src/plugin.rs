@@ -6,11 +6,15 @@
 //!   the `weir:plugin` imports plus an inert WASI.
 //! - [`LoadedPlugin`]: a compiled, type-checked, pre-linked component.
 //! - [`ChainPlugin`]: a plugin as used by one route: its config, isolation
-//!   mode and pool of initialised instances; runs the hooks.
+//!   mode, failure policy and pool of initialised instances; runs the hooks.
+//! - [`Policy`]: the sandbox of one plugin: [`Limits`] and [`Grants`]; which
+//!   imports are allowed is decided per [`Capability`].
 
 mod bindings;
+pub mod capability;
 pub mod host;
 mod instance;
+pub mod limits;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -21,20 +25,18 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::{Action, Reply};
+pub use capability::Capability;
 pub use host::http::{RequestState, ResponseState};
-pub use instance::{ChainPlugin, PluginError, PluginErrorKind};
+pub use instance::{ChainPlugin, FailPolicy, Outcome, PluginError, PluginErrorKind, PluginUse};
+pub use limits::{Grants, Limits, Policy};
 
 use host::HostState;
 use host::state::SharedState;
 
-/// How often the epoch ticks; deadlines are counted in ticks.
+/// How often the epoch ticks; CPU deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// CPU deadline for one hook call (in wall time, checked every tick).
-pub const HOOK_DEADLINE: Duration = Duration::from_secs(1);
-/// Largest linear memory one instance may grow to.
-pub const MAX_MEMORY: usize = 64 << 20;
-/// Largest `.wasm` accepted, so compile time stays bounded.
-pub const MAX_MODULE_BYTES: usize = 32 << 20;
+/// Size of a WebAssembly page, the unit of declared memory sizes.
+const WASM_PAGE: u64 = 64 << 10;
 
 /// The process-wide plugin engine.
 pub struct Runtime {
@@ -57,7 +59,8 @@ impl Runtime {
             .total_memories(2000)
             .total_tables(8000)
             .total_stacks(2000)
-            .max_memory_size(MAX_MEMORY)
+            // Each plugin's own `max_memory` is enforced by its store's limiter.
+            .max_memory_size(limits::MAX_MEMORY_CEILING)
             // Keeping the first pages resident makes fresh instances cheaper.
             .linear_memory_keep_resident(128 << 10)
             .table_keep_resident(16 << 10);
@@ -94,27 +97,60 @@ impl Runtime {
         })
     }
 
-    /// Reads, hashes, compiles and pre-links a plugin. Blocking: call it off the request path.
-    pub fn load(&self, name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read(e.to_string()))?;
-        self.load_bytes(name, path, bytes)
+    /// Reads, hashes, checks against `policy`, compiles and pre-links a
+    /// plugin. Blocking: call it off the request path.
+    ///
+    /// Size and `sha256` pin are checked before compiling, so an unexpected
+    /// file never reaches the compiler; imports and declared memory after.
+    pub fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        policy: &Policy,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let read = |e: std::io::Error| LoadError::Read(e.to_string());
+        // A huge file is refused before it is read, not after.
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        let limit = policy.limits.max_module_bytes;
+        if size > limit as u64 {
+            return Err(LoadError::TooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
+        self.load_bytes(name, path, bytes, policy)
     }
 
-    /// Hashes, compiles and pre-links a plugin read from `path`. Blocking.
+    /// Like [`Runtime::load`], for a file already read (reloads read each file once).
     pub fn load_bytes(
         &self,
         name: &str,
         path: &Path,
         bytes: Vec<u8>,
+        policy: &Policy,
     ) -> Result<LoadedPlugin, LoadError> {
         let started = Instant::now();
-        if bytes.len() > MAX_MODULE_BYTES {
-            return Err(LoadError::TooLarge(bytes.len()));
-        }
         let sha256 = sha256_hex(&bytes);
+        check_file(bytes.len(), &sha256, policy)?;
         check_header(&bytes)?;
         let component = Component::from_binary(&self.engine, &bytes)
             .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let min_memory = component
+            .resources_required()
+            .and_then(|r| r.max_initial_memory_size)
+            .map(|pages| pages.saturating_mul(WASM_PAGE));
+        // Named refusals first: the linker's own error would be vaguer.
+        admit(&imports, min_memory, policy)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -127,6 +163,9 @@ impl Runtime {
             size: bytes.len(),
             loaded_at: SystemTime::now(),
             load_time: started.elapsed(),
+            imports,
+            exports,
+            min_memory,
             pre,
         })
     }
@@ -135,6 +174,41 @@ impl Runtime {
 /// Lower-case hex sha256 of `bytes`, as `sha256sum` prints it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// The file must be within `max_module_bytes` and match its `sha256` pin.
+fn check_file(size: usize, sha256: &str, policy: &Policy) -> Result<(), LoadError> {
+    let limit = policy.limits.max_module_bytes;
+    if size > limit {
+        return Err(LoadError::TooLarge { size, limit });
+    }
+    if let Some(pin) = &policy.sha256
+        && !pin.eq_ignore_ascii_case(sha256)
+    {
+        return Err(LoadError::HashMismatch {
+            pinned: pin.clone(),
+            actual: sha256.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Every import must be allowed, and the declared initial memory must fit `max_memory`.
+fn admit(imports: &[String], min_memory: Option<u64>, policy: &Policy) -> Result<(), LoadError> {
+    for import in imports {
+        let cap = Capability::of(import);
+        if !cap.allowed() {
+            return Err(LoadError::NotGranted {
+                import: import.clone(),
+                capability: cap.name(),
+            });
+        }
+    }
+    let limit = policy.limits.max_memory as u64;
+    if let Some(min) = min_memory.filter(|m| *m > limit) {
+        return Err(LoadError::MemoryTooSmall { min, limit });
+    }
+    Ok(())
 }
 
 /// Names the common mistakes before the parser does, in words an operator can act on.
@@ -166,7 +240,23 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     /// How long reading, compiling and pre-linking took.
     pub load_time: Duration,
+    /// Every import of the component (`wasi:cli/stdout@0.2.6`, ...), in order.
+    pub imports: Vec<String>,
+    /// Every export of the component.
+    pub exports: Vec<String>,
+    /// The largest initial linear memory any of its modules declares, in bytes.
+    pub min_memory: Option<u64>,
     pre: bindings::PluginPre<HostState>,
+}
+
+impl LoadedPlugin {
+    /// Checks the compiled plugin against a policy: size, `sha256` pin,
+    /// imports and declared initial memory. Loading already does this; call
+    /// it again when reusing a compiled plugin under a changed manifest.
+    pub fn admit(&self, policy: &Policy) -> Result<(), LoadError> {
+        check_file(self.size, &self.sha256, policy)?;
+        admit(&self.imports, self.min_memory, policy)
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -184,12 +274,41 @@ pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read the plugin file: {0}")]
     Read(String),
-    /// The file is bigger than [`MAX_MODULE_BYTES`].
-    #[error("the plugin is {0} bytes, more than the {MAX_MODULE_BYTES}-byte limit")]
-    TooLarge(usize),
+    /// The file is bigger than `max_module_bytes`.
+    #[error("the plugin is {size} bytes, more than its `max_module_bytes` ({limit})")]
+    TooLarge {
+        /// The file's size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The file's sha256 is not the one pinned in the manifest.
+    #[error("sha256 mismatch: the manifest pins {pinned} but the file is {actual}")]
+    HashMismatch {
+        /// The digest in the manifest.
+        pinned: String,
+        /// The file's digest.
+        actual: String,
+    },
     /// Not a valid WebAssembly component.
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
+    /// It imports an interface the gateway never grants to plugins.
+    #[error("imports `{import}` ({capability}), which is not granted to plugins")]
+    NotGranted {
+        /// The import's full name.
+        import: String,
+        /// The capability it belongs to.
+        capability: &'static str,
+    },
+    /// A module declares more initial memory than `max_memory` allows.
+    #[error("declares {min} bytes of initial linear memory, more than its `max_memory` ({limit})")]
+    MemoryTooSmall {
+        /// Bytes declared.
+        min: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// It imports something the gateway does not provide.
     #[error("imports something the gateway does not provide: {0}")]
     Link(String),

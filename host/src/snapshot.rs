@@ -1,6 +1,11 @@
 //! The resolved, immutable runtime form of a manifest: listeners, routing
 //! table, upstreams, and each route's chain of loaded plugins with its
 //! validated config. Requests read one snapshot from start to end.
+//!
+//! [`policy`] resolves each plugin's sandbox (limits, grants, pin) and each
+//! route's failure policy from the manifest.
+
+mod policy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,7 +19,7 @@ use serde_spanned::Spanned;
 
 use crate::admin::AdminSettings;
 use crate::config::{self, ConfigError, Manifest};
-use crate::plugin::{ChainPlugin, LoadedPlugin, Runtime};
+use crate::plugin::{ChainPlugin, LoadedPlugin, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{Target, Upstream};
@@ -66,6 +71,8 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     /// Loaded plugins by name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// Each plugin's sandbox (limits, grants, pin) by name.
+    pub policies: BTreeMap<String, Arc<Policy>>,
     /// How long loading took.
     pub load_time: Duration,
     /// The gateway's metrics (shared by all its snapshots).
@@ -222,9 +229,14 @@ impl Snapshot {
             upstreams.insert(name.get_ref().to_string(), Arc::new(up));
         }
 
-        // Plugins: each file read once; compiled off the async threads unless unchanged.
+        // Plugins: each file read once, checked against its policy, and compiled
+        // off the async threads unless unchanged.
         let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
+        let mut policies: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
         for (name, p) in &doc.plugins {
+            let Some(policy) = policy::resolve_policy(&mut l, name.get_ref().as_str(), p) else {
+                continue;
+            };
             let file = m.base_dir().join(p.path.get_ref());
             let bytes = match tokio::fs::read(&file).await {
                 Ok(b) => b,
@@ -243,21 +255,39 @@ impl Snapshot {
                 }
             };
             let sha256 = crate::plugin::sha256_hex(&bytes);
-            if let Some(same) = previous
+            let policy = Arc::new(policy);
+            let unchanged = previous
                 .and_then(|s| s.plugins.get(name.get_ref().as_str()))
                 .filter(|o| o.sha256 == sha256 && o.path == file)
-            {
-                plugins.insert(name.get_ref().to_string(), same.clone());
-                continue;
-            }
-            let (rt, n, f) = (runtime.clone(), name.get_ref().to_string(), file.clone());
-            let loaded = tokio::task::spawn_blocking(move || rt.load_bytes(&n, &f, bytes)).await;
+                .cloned();
+            let loaded = match unchanged {
+                // Not recompiled, but the (possibly edited) policy still applies.
+                Some(same) => Ok(same.admit(&policy).map(|()| same)),
+                None => {
+                    let (rt, n, f, pol) = (
+                        runtime.clone(),
+                        name.get_ref().to_string(),
+                        file.clone(),
+                        policy.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        rt.load_bytes(&n, &f, bytes, &pol).map(Arc::new)
+                    })
+                    .await
+                }
+            };
             match loaded {
                 Ok(Ok(lp)) => {
-                    plugins.insert(name.get_ref().to_string(), Arc::new(lp));
+                    plugins.insert(name.get_ref().to_string(), lp);
+                    policies.insert(name.get_ref().to_string(), policy);
                 }
                 Ok(Err(e)) => {
-                    l.err::<()>(p.path.span(), format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()), Some("build it with weir-sdk for wasm32-wasip2 against wit/ (weir:plugin@0.1.0)".into()));
+                    let (span, help) = policy::load_error_help(p, &e);
+                    l.err::<()>(
+                        span,
+                        format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()),
+                        Some(help),
+                    );
                 }
                 Err(e) => {
                     l.err::<()>(
@@ -319,12 +349,21 @@ impl Snapshot {
                     .find(|(k, _)| k.get_ref().as_str() == pname)
                     .map(|(_, p)| p.isolation)
                     .unwrap_or_default();
+                let policy = policies.get(pname.as_str()).cloned().unwrap_or_default();
+                let Some(fail) = policy::resolve_fail(&mut l, id, entry) else {
+                    continue;
+                };
+                let usage = PluginUse {
+                    config_json: json,
+                    isolation,
+                    policy,
+                    fail,
+                };
                 match ChainPlugin::new(
                     runtime.clone(),
                     plugin.clone(),
                     route_id.clone(),
-                    json,
-                    isolation,
+                    usage,
                     metrics.plugin(pname, id),
                 )
                 .await
@@ -363,6 +402,7 @@ impl Snapshot {
             router: Router::new(rules),
             routes,
             plugins,
+            policies,
             load_time: started.elapsed(),
             metrics: metrics.clone(),
         })

@@ -245,6 +245,19 @@ impl From<ReplyBuilder> for Action {
 pub mod __private {
     pub use wit_bindgen;
 
+    /// This SDK's version, stored by [`export!`] in a `weir-sdk` custom
+    /// section so `weir audit` can tell which SDK built a plugin.
+    pub const SDK_VERSION: [u8; env!("CARGO_PKG_VERSION").len()] = {
+        let v = env!("CARGO_PKG_VERSION").as_bytes();
+        let mut out = [0u8; env!("CARGO_PKG_VERSION").len()];
+        let mut i = 0;
+        while i < v.len() {
+            out[i] = v[i];
+            i += 1;
+        }
+        out
+    };
+
     use super::*;
     use crate::wit::exports::weir::plugin::filter::Guest;
 
@@ -310,5 +323,12 @@ macro_rules! export {
     ($plugin:ty) => {
         type __WeirAdapter = $crate::__private::Adapter<$plugin>;
         $crate::wit::__export_plugin_world!(__WeirAdapter with_types_in $crate::wit);
+
+        // Read by `weir audit`; a custom section holds no code and is never executed.
+        #[allow(unsafe_code)]
+        #[unsafe(link_section = "weir-sdk")]
+        #[used]
+        static __WEIR_SDK_VERSION: [u8; $crate::__private::SDK_VERSION.len()] =
+            $crate::__private::SDK_VERSION;
     };
 }

@@ -2,6 +2,7 @@
 //! per area. Every test runs real gateways and real origins on 127.0.0.1:0
 //! with the real compiled plugins.
 
+mod audit;
 mod chain;
 mod config_errors;
 mod hot_swap;
@@ -9,4 +10,5 @@ mod observability;
 mod plugins;
 mod proxying;
 mod routing;
+mod sandbox;
 mod support;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,6 +120,41 @@ impl Upstream {
     }
 }
 
+/// Everything the gateways of this test binary logged (info and above), as text.
+/// Tests run in parallel: look for lines naming your own route ids.
+pub fn logs() -> String {
+    let buf = log_buffer().lock().unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        use tracing_subscriber::util::SubscriberInitExt;
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish()
+            .try_init();
+        buf
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A gateway running from a manifest written into a temporary directory.
 pub struct TestGateway {
     pub gateway: weir::Gateway,
@@ -137,13 +172,9 @@ impl TestGateway {
     /// Like [`TestGateway::start`], with the manifest written as `dir/gateway.toml`
     /// (so relative plugin paths can point at files the test put there).
     pub async fn start_in(dir: tempfile::TempDir, manifest: &str) -> TestGateway {
+        log_buffer();
         let path = dir.path().join("gateway.toml");
-        let text = if manifest.contains("[server]") {
-            manifest.to_string()
-        } else {
-            format!("[server]\nlisten = [\"127.0.0.1:0\"]\n\n{manifest}")
-        };
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, with_server(manifest)).unwrap();
         let gateway = weir::Gateway::start(&path)
             .await
             .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
@@ -153,6 +184,11 @@ impl TestGateway {
             _dir: dir,
             addr,
         }
+    }
+
+    /// Replaces the manifest on disk (adding `[server]` as `start` does); call `gateway.reload()` next.
+    pub fn rewrite(&self, manifest: &str) {
+        std::fs::write(self._dir.path().join("gateway.toml"), with_server(manifest)).unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -187,6 +223,14 @@ impl TestGateway {
     }
 }
 
+fn with_server(manifest: &str) -> String {
+    if manifest.contains("[server]") {
+        manifest.to_string()
+    } else {
+        format!("[server]\nlisten = [\"127.0.0.1:0\"]\n\n{manifest}")
+    }
+}
+
 /// What the client saw.
 #[derive(Debug)]
 pub struct Resp {
@@ -216,6 +260,11 @@ fn client(http2: bool) -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
         .build(HttpConnector::new())
+}
+
+/// Sends one GET over HTTP/1.1.
+pub async fn get_url(url: &str) -> Resp {
+    send(Method::GET, url, &[], Bytes::new()).await
 }
 
 /// Sends one request over HTTP/1.1.
@@ -270,36 +319,6 @@ pub fn tally<I: IntoIterator<Item = String>>(items: I) -> BTreeMap<String, usize
         *m.entry(i).or_insert(0) += 1;
     }
     m
-}
-
-/// Captures the log of every gateway in this test process (a global
-/// subscriber, installed once). Tests find their own lines by something
-/// unique to them, such as their temporary directory.
-pub fn logs() -> String {
-    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    let buf = LOGS.get_or_init(|| {
-        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let writer = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("info,weir::access=warn")
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init();
-        buf
-    });
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Polls `check` every 20 ms until it is true; panics with `what` after `limit`.

@@ -82,6 +82,11 @@ pub(super) fn help_for_parse_error(msg: &str) -> Option<String> {
         Some("each name may be defined once; rename or remove one of them".into())
     } else if msg.starts_with("invalid duration") {
         Some("write durations like \"500ms\", \"10s\", \"2m\" or \"1h\"".into())
+    } else if msg.starts_with("invalid size") {
+        Some(
+            "write sizes with a binary unit, like \"512KiB\" or \"64MiB\", or as a number of bytes"
+                .into(),
+        )
     } else {
         None
     }

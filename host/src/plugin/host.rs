@@ -1,25 +1,28 @@
 //! What the host gives a plugin instance: one module per imported WIT
-//! interface, plus the store data that ties them together.
+//! interface, plus the store data that ties them together and the
+//! per-hook-call budgets (CPU ticks, host calls, log records).
 
 pub mod clock;
 pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod state;
+pub mod stdio;
 
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::limits::{HostCallLimit, Policy, StoreLimiter};
+use crate::config::Stdio;
 use crate::telemetry::metrics::PluginCounters;
 
 /// Store data of one plugin instance.
 pub struct HostState {
     table: ResourceTable,
     wasi: WasiCtx,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limiter: StoreLimiter,
     /// The plugin's name in the manifest.
     pub(crate) plugin: Arc<str>,
     /// The route this instance serves.
@@ -28,6 +31,26 @@ pub struct HostState {
     pub(crate) shared: Arc<state::SharedState>,
     /// This plugin's own counters, in its gateway's registry.
     pub(crate) counters: Arc<PluginCounters>,
+    /// Header limits for edits and replies.
+    pub(crate) headers: http::HeaderLimits,
+    /// Budgets of the current hook call.
+    pub(crate) budget: Budget,
+    stdio_budget: Option<stdio::Budget>,
+}
+
+/// What the current hook call has used so far; reset before each call.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    /// Epoch ticks seen while running wasm.
+    pub ticks: u32,
+    /// Ticks allowed before the call is interrupted.
+    pub max_ticks: u32,
+    /// Calls into `weir:plugin` imports.
+    pub host_calls: u32,
+    /// Calls allowed.
+    pub max_host_calls: u32,
+    /// Log records emitted.
+    pub log_records: u32,
 }
 
 impl HostState {
@@ -36,29 +59,70 @@ impl HostState {
         route: Arc<str>,
         shared: Arc<state::SharedState>,
         counters: Arc<PluginCounters>,
-        max_memory: usize,
+        policy: &Policy,
     ) -> Self {
+        let limits = &policy.limits;
+        let grants = &policy.grants;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_handles as usize);
+        // Inert WASI: no preopened dirs, no args, no sockets, stdin closed and
+        // output discarded. Rust's std imports some WASI interfaces even when
+        // unused; they link but reach nothing unless the manifest grants it.
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .envs(grants.env.as_slice());
+        let stdio_budget = (grants.stdio == Stdio::Log).then(|| {
+            let budget = stdio::Budget::default();
+            wasi.stdout(stdio::LogOutput::new(&plugin, &route, "stdout", &budget))
+                .stderr(stdio::LogOutput::new(&plugin, &route, "stderr", &budget));
+            budget
+        });
         HostState {
-            table: ResourceTable::new(),
-            // Inert WASI: no preopened dirs, no env, no args, no sockets, stdio closed.
-            // Rust's std imports some WASI interfaces even when unused; they link but reach nothing.
-            wasi: WasiCtx::builder().build(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(max_memory)
-                .instances(16)
-                .tables(16)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            table,
+            wasi: wasi.build(),
+            limiter: StoreLimiter {
+                max_memory: limits.max_memory,
+            },
             plugin,
             route,
             shared,
             counters,
+            headers: http::HeaderLimits {
+                max_headers: limits.max_headers,
+                max_header_bytes: limits.max_header_bytes,
+            },
+            budget: Budget {
+                max_host_calls: limits.max_host_calls,
+                ..Budget::default()
+            },
+            stdio_budget,
         }
     }
 
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
+    }
+
+    /// Starts a hook call with fresh budgets.
+    pub(crate) fn begin_call(&mut self, max_ticks: u32) {
+        self.budget.ticks = 0;
+        self.budget.max_ticks = max_ticks;
+        self.budget.host_calls = 0;
+        self.budget.log_records = 0;
+        if let Some(b) = &self.stdio_budget {
+            b.reset();
+        }
+    }
+
+    /// Counts one call into a `weir:plugin` import; traps past `max_host_calls`.
+    pub(crate) fn charge(&mut self) -> wasmtime::Result<()> {
+        self.budget.host_calls += 1;
+        if self.budget.host_calls > self.budget.max_host_calls {
+            return Err(HostCallLimit(self.budget.max_host_calls).into());
+        }
+        Ok(())
     }
 }
 

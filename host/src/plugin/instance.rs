@@ -1,15 +1,28 @@
-//! Instances of one plugin for one route, and the hook calls.
+//! Instances of one plugin for one route, the hook calls, and how a failure
+//! is classified, logged and counted.
+//!
+//! Every hook call runs under three bounds: a CPU deadline (epoch ticks seen
+//! while wasm runs; the call yields its thread at each tick, so a busy plugin
+//! shares its worker instead of holding it), an outer `call_timeout` on wall
+//! time (covers waits inside host calls, e.g. a WASI sleep), and a count of
+//! host calls. An instance that fails in any way is dropped, never reused.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use wasmtime::Store;
+use http::{HeaderMap, StatusCode};
 use wasmtime::component::Resource;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{self, Action};
 use super::host::HostState;
-use super::host::http::{RequestState, ResponseState};
-use super::{EPOCH_TICK, HOOK_DEADLINE, LoadedPlugin, MAX_MEMORY, Runtime};
-use crate::config::Isolation;
+use super::host::http::{RequestState, ResponseState, reply_parts};
+use super::limits::{
+    HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy,
+};
+use super::{LoadedPlugin, Runtime};
+use crate::config::{Fail, Isolation};
 use crate::telemetry::metrics::PluginMetrics;
 
 /// Idle instances kept per (route, plugin); more are created under load and dropped after.
@@ -20,7 +33,42 @@ struct Instance {
     filter: bindings::Plugin,
 }
 
-/// A plugin as one route uses it: config, isolation mode and instance pool.
+/// What a failure of this plugin does to a request of this route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailPolicy {
+    /// `fail`: answer (closed) or skip the plugin (open).
+    pub mode: Fail,
+    /// `fail_status`: the answer when closed.
+    pub status: StatusCode,
+}
+
+impl Default for FailPolicy {
+    fn default() -> Self {
+        FailPolicy {
+            mode: Fail::Closed,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// What a request hook decided, checked against the plugin's limits.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Go on with the chain.
+    Continue,
+    /// Answer the client with this.
+    Respond {
+        /// Status code.
+        status: StatusCode,
+        /// Headers.
+        headers: HeaderMap,
+        /// Body.
+        body: Vec<u8>,
+    },
+}
+
+/// A plugin as one route uses it: config, isolation mode, sandbox policy,
+/// failure policy and instance pool.
 pub struct ChainPlugin {
     /// The compiled plugin.
     pub plugin: Arc<LoadedPlugin>,
@@ -30,9 +78,14 @@ pub struct ChainPlugin {
     pub isolation: Isolation,
     /// Call counts, durations and failures, in the gateway's registry.
     pub metrics: PluginMetrics,
+    /// Limits and grants (from `[plugins.NAME]`).
+    pub policy: Arc<Policy>,
+    /// What a failure does (from `[[routes.plugins]]`).
+    pub fail: FailPolicy,
     config_json: String,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
+    failures: [AtomicU64; PluginErrorKind::REASONS.len()],
 }
 
 /// A plugin failed: the request cannot go on as configured.
@@ -56,38 +109,142 @@ pub enum PluginErrorKind {
     /// The instance could not be created.
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
-    /// The hook trapped (panic, out-of-bounds, memory limit...).
+    /// The code trapped (panic, unreachable, stack overflow, exit...).
     #[error("trapped: {0}")]
     Trap(String),
-    /// The hook ran past its CPU deadline.
-    #[error("ran past its {0:?} deadline")]
-    Timeout(std::time::Duration),
-    /// The hook returned something the gateway refuses (bad status, huge body...).
+    /// The code ran past its CPU deadline.
+    #[error("ran past its {0:?} CPU deadline")]
+    CpuDeadline(Duration),
+    /// The call took longer than `call_timeout` (waits included).
+    #[error("took longer than its {0:?} call timeout")]
+    CallTimeout(Duration),
+    /// Linear memory would have grown past `max_memory`.
+    #[error("went over its {0}-byte memory limit")]
+    MemoryLimit(usize),
+    /// Too many host calls in one hook call.
+    #[error("made more than {0} host calls in one hook call")]
+    HostCallLimit(u32),
+    /// Handed the host more data in one call than allowed (see [`super::Limits::max_transfer`]).
+    #[error("handed the host more than {0} bytes in one call")]
+    TransferLimit(usize),
+    /// The hook returned something the gateway refuses (bad status, huge reply...).
     #[error("invalid reply: {0}")]
     BadReply(String),
 }
 
+impl PluginErrorKind {
+    /// Every [`PluginErrorKind::reason`], in declaration order.
+    pub const REASONS: [&'static str; 9] = [
+        "config",
+        "instantiate",
+        "trap",
+        "cpu_deadline",
+        "call_timeout",
+        "memory_limit",
+        "host_call_limit",
+        "transfer_limit",
+        "bad_reply",
+    ];
+
+    fn index(&self) -> usize {
+        match self {
+            PluginErrorKind::Config(_) => 0,
+            PluginErrorKind::Instantiate(_) => 1,
+            PluginErrorKind::Trap(_) => 2,
+            PluginErrorKind::CpuDeadline(_) => 3,
+            PluginErrorKind::CallTimeout(_) => 4,
+            PluginErrorKind::MemoryLimit(_) => 5,
+            PluginErrorKind::HostCallLimit(_) => 6,
+            PluginErrorKind::TransferLimit(_) => 7,
+            PluginErrorKind::BadReply(_) => 8,
+        }
+    }
+
+    /// A short stable label, for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+
+    /// Sorts an error out of wasmtime; `None` when it is none of ours or a trap.
+    fn classify(
+        e: &wasmtime::Error,
+        limits: &Limits,
+        cpu_deadline: Duration,
+    ) -> Option<PluginErrorKind> {
+        if let Some(m) = e.downcast_ref::<MemoryLimit>() {
+            return Some(PluginErrorKind::MemoryLimit(m.limit));
+        }
+        if let Some(h) = e.downcast_ref::<HostCallLimit>() {
+            return Some(PluginErrorKind::HostCallLimit(h.0));
+        }
+        // wasmtime's error type for this is private; its message is stable.
+        if e.chain().any(|c| {
+            c.to_string()
+                .contains("fuel allocated for hostcalls has been exhausted")
+        }) {
+            return Some(PluginErrorKind::TransferLimit(limits.max_transfer()));
+        }
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => Some(PluginErrorKind::CpuDeadline(cpu_deadline)),
+            // The trap code is what an operator needs; the wasm backtrace is noise in a log line.
+            Some(trap) => Some(PluginErrorKind::Trap(trap.to_string())),
+            None => None,
+        }
+    }
+
+    fn from_call(e: wasmtime::Error, limits: &Limits, cpu_deadline: Duration) -> PluginErrorKind {
+        Self::classify(&e, limits, cpu_deadline)
+            .unwrap_or_else(|| PluginErrorKind::Trap(format!("{e}")))
+    }
+}
+
+/// How one route uses one plugin: its config and the policies in force.
+#[derive(Debug, Clone)]
+pub struct PluginUse {
+    /// The route's `config` table, as JSON.
+    pub config_json: String,
+    /// Instance reuse (`[plugins.NAME] isolation`).
+    pub isolation: Isolation,
+    /// Limits and grants (`[plugins.NAME]`).
+    pub policy: Arc<Policy>,
+    /// Failure policy (`[[routes.plugins]] fail`).
+    pub fail: FailPolicy,
+}
+
 impl ChainPlugin {
-    /// Sets up `plugin` for `route` and validates `config_json` by creating
+    /// Sets up `plugin` for `route` and validates its config by creating
     /// (and, when pooled, keeping) a first instance.
     pub async fn new(
         runtime: Arc<Runtime>,
         plugin: Arc<LoadedPlugin>,
         route: Arc<str>,
-        config_json: String,
-        isolation: Isolation,
+        usage: PluginUse,
         metrics: PluginMetrics,
     ) -> Result<ChainPlugin, PluginError> {
+        let PluginUse {
+            config_json,
+            isolation,
+            policy,
+            fail,
+        } = usage;
         let chain = ChainPlugin {
             plugin,
             route,
             isolation,
             metrics,
+            policy,
+            fail,
             config_json,
             runtime,
             idle: Mutex::new(Vec::new()),
+            failures: Default::default(),
         };
-        let first = chain.instantiate().await?;
+        // `init` runs off the request path, but must not hang a load either.
+        let limit = chain.policy.limits.call_timeout.max(MIN_INIT_TIMEOUT);
+        let first = tokio::time::timeout(limit, chain.instantiate())
+            .await
+            .unwrap_or(Err(PluginErrorKind::CallTimeout(limit)))
+            .map_err(|kind| chain.error(kind))?;
         chain.checkin(first);
         Ok(chain)
     }
@@ -95,6 +252,23 @@ impl ChainPlugin {
     /// The plugin's name.
     pub fn name(&self) -> &Arc<str> {
         &self.plugin.name
+    }
+
+    /// Failures of this plugin on this route since it was loaded.
+    pub fn failures(&self) -> u64 {
+        self.failures
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Failures by [`PluginErrorKind::reason`], every reason listed.
+    pub fn failures_by_reason(&self) -> Vec<(&'static str, u64)> {
+        PluginErrorKind::REASONS
+            .iter()
+            .zip(&self.failures)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn error(&self, kind: PluginErrorKind) -> PluginError {
@@ -105,46 +279,70 @@ impl ChainPlugin {
         }
     }
 
-    fn trap(&self, e: wasmtime::Error) -> PluginError {
-        match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => self.error(PluginErrorKind::Timeout(HOOK_DEADLINE)),
-            // The trap code is what an operator needs; the wasm backtrace is noise in a log line.
-            Some(trap) => self.error(PluginErrorKind::Trap(trap.to_string())),
-            // The outer context is a wasm backtrace; the root cause says what happened
-            // (e.g. "forcing trap when growing memory": the memory limit).
-            None => self.error(PluginErrorKind::Trap(e.root_cause().to_string())),
-        }
+    /// Logs and counts a failure during a request.
+    fn failed(&self, hook: &'static str, kind: PluginErrorKind) -> PluginError {
+        self.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let fail = match self.fail.mode {
+            Fail::Closed => "closed",
+            Fail::Open => "open",
+        };
+        tracing::warn!(
+            target: "weir::plugin",
+            plugin = &*self.plugin.name,
+            route = &*self.route,
+            hook,
+            reason = kind.reason(),
+            fail,
+            "plugin failed: {kind}"
+        );
+        self.error(kind)
     }
 
-    async fn instantiate(&self) -> Result<Instance, PluginError> {
+    async fn instantiate(&self) -> Result<Instance, PluginErrorKind> {
+        let limits = &self.policy.limits;
         let state = HostState::new(
             self.plugin.name.clone(),
             self.route.clone(),
             self.runtime.shared.clone(),
             self.metrics.counters.clone(),
-            MAX_MEMORY,
+            &self.policy,
         );
         let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks());
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(limits.max_transfer());
+        // Each tick while wasm runs: yield the thread, and interrupt once the budget is spent.
+        store.epoch_deadline_callback(|mut cx| {
+            let budget = &mut cx.data_mut().budget;
+            budget.ticks += 1;
+            Ok(if budget.ticks >= budget.max_ticks {
+                UpdateDeadline::Interrupt
+            } else {
+                // tokio's yield lets the I/O driver run too, not just other ready tasks.
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
+        let init_deadline = limits.cpu_deadline.max(MIN_INIT_DEADLINE);
+        store.data_mut().begin_call(limits.init_ticks());
+        store.set_epoch_deadline(1);
         let filter = self
             .plugin
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| self.error(PluginErrorKind::Instantiate(format!("{e:#}"))))?;
-        store.set_epoch_deadline(deadline_ticks());
+            .map_err(|e| {
+                PluginErrorKind::classify(&e, limits, init_deadline)
+                    .unwrap_or_else(|| PluginErrorKind::Instantiate(format!("{e:#}")))
+            })?;
         filter
             .weir_plugin_filter()
             .call_init(&mut store, &self.config_json)
             .await
-            .map_err(|e| self.trap(e))?
-            .map_err(|msg| self.error(PluginErrorKind::Config(msg)))?;
+            .map_err(|e| PluginErrorKind::from_call(e, limits, init_deadline))?
+            .map_err(PluginErrorKind::Config)?;
         Ok(Instance { store, filter })
     }
 
-    async fn checkout(&self) -> Result<Instance, PluginError> {
+    async fn checkout(&self) -> Result<Instance, PluginErrorKind> {
         if self.isolation == Isolation::Pooled {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             if let Some(inst) = idle {
@@ -163,88 +361,120 @@ impl ChainPlugin {
         }
     }
 
-    /// Runs the request hook. The request comes back (possibly changed)
-    /// unless the instance failed in a way that lost it.
+    fn begin(&self, inst: &mut Instance) {
+        inst.store
+            .data_mut()
+            .begin_call(self.policy.limits.hook_ticks());
+        inst.store.set_epoch_deadline(1);
+    }
+
+    /// Runs the request hook under the plugin's limits. On failure the
+    /// request is gone with the instance; the failure is logged and counted.
     pub async fn on_request(
         &self,
         req: RequestState,
-    ) -> (Option<RequestState>, Result<Action, PluginError>) {
-        let mut inst = match self.checkout().await {
-            Ok(i) => i,
-            Err(e) => return (Some(req), Err(e)),
-        };
-        let res = match inst.store.data_mut().table().push(req) {
-            Ok(r) => r,
-            Err(e) => return (None, Err(self.error(PluginErrorKind::Trap(e.to_string())))),
-        };
-        inst.store.set_epoch_deadline(deadline_ticks());
+    ) -> Result<(RequestState, Outcome), PluginError> {
+        let timeout = self.policy.limits.call_timeout;
+        tokio::time::timeout(timeout, self.request_hook(req))
+            .await
+            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
+            .map_err(|kind| self.failed("on-request", kind))
+    }
+
+    async fn request_hook(
+        &self,
+        req: RequestState,
+    ) -> Result<(RequestState, Outcome), PluginErrorKind> {
+        let limits = &self.policy.limits;
+        let mut inst = self.checkout().await?;
+        self.begin(&mut inst);
+        let res = inst
+            .store
+            .data_mut()
+            .table()
+            .push(req)
+            .map_err(|e| PluginErrorKind::Trap(format!("resource table: {e}")))?;
         let handle = Resource::<RequestState>::new_borrow(res.rep());
-        let result = inst
+        let action = inst
             .filter
             .weir_plugin_filter()
             .call_on_request(&mut inst.store, handle)
-            .await;
-        let req = inst.store.data_mut().table().delete(res).ok();
-        match result {
-            Ok(action) => {
-                self.checkin(inst);
-                (req, Ok(action))
+            .await
+            .map_err(|e| PluginErrorKind::from_call(e, limits, limits.cpu_deadline))?;
+        let req = inst
+            .store
+            .data_mut()
+            .table()
+            .delete(res)
+            .map_err(|e| PluginErrorKind::Trap(format!("resource table: {e}")))?;
+        let outcome = match action {
+            Action::Continue => Outcome::Continue,
+            Action::Respond(reply) => {
+                let lim = inst.store.data().headers;
+                let (status, headers, body) = reply_parts(reply, lim, limits.max_reply_body)
+                    .map_err(PluginErrorKind::BadReply)?;
+                Outcome::Respond {
+                    status,
+                    headers,
+                    body,
+                }
             }
-            // A failed instance may be in any state: it is dropped, never reused.
-            Err(e) => (req, Err(self.trap(e))),
-        }
+        };
+        // Only an instance that did everything right goes back to the pool.
+        self.checkin(inst);
+        Ok((req, outcome))
     }
 
-    /// Runs the response hook with a read-only view of the request.
+    /// Runs the response hook, with a read-only view of the request, under
+    /// the plugin's limits. On failure both are gone with the instance.
     pub async fn on_response(
         &self,
         req: RequestState,
         resp: ResponseState,
-    ) -> (
-        Option<(RequestState, ResponseState)>,
-        Result<(), PluginError>,
-    ) {
-        let mut inst = match self.checkout().await {
-            Ok(i) => i,
-            Err(e) => return (Some((req, resp)), Err(e)),
-        };
+    ) -> Result<(RequestState, ResponseState), PluginError> {
+        let timeout = self.policy.limits.call_timeout;
+        tokio::time::timeout(timeout, self.response_hook(req, resp))
+            .await
+            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
+            .map_err(|kind| self.failed("on-response", kind))
+    }
+
+    async fn response_hook(
+        &self,
+        req: RequestState,
+        resp: ResponseState,
+    ) -> Result<(RequestState, ResponseState), PluginErrorKind> {
+        let mut inst = self.checkout().await?;
+        self.begin(&mut inst);
         let table = inst.store.data_mut().table();
-        let (rq, rs) = match (table.push(req), table.push(resp)) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => {
-                return (
-                    None,
-                    Err(self.error(PluginErrorKind::Trap("resource table full".into()))),
-                );
-            }
+        let full = |e: wasmtime::component::ResourceTableError| {
+            PluginErrorKind::Trap(format!("resource table: {e}"))
         };
-        inst.store.set_epoch_deadline(deadline_ticks());
+        let rq = table.push(req).map_err(full)?;
+        let rs = table.push(resp).map_err(full)?;
         let (hq, hs) = (
             Resource::new_borrow(rq.rep()),
             Resource::new_borrow(rs.rep()),
         );
-        let result = inst
-            .filter
+        inst.filter
             .weir_plugin_filter()
             .call_on_response(&mut inst.store, hq, hs)
-            .await;
+            .await
+            .map_err(|e| {
+                let limits = &self.policy.limits;
+                PluginErrorKind::from_call(e, limits, limits.cpu_deadline)
+            })?;
         let table = inst.store.data_mut().table();
-        let back = table.delete(rq).ok().zip(table.delete(rs).ok());
-        match result {
-            Ok(()) => {
-                self.checkin(inst);
-                (back, Ok(()))
-            }
-            Err(e) => (back, Err(self.trap(e))),
-        }
+        let back = (
+            table.delete(rq).map_err(full)?,
+            table.delete(rs).map_err(full)?,
+        );
+        self.checkin(inst);
+        Ok(back)
     }
 
     /// Number of idle pooled instances (for tests and metrics).
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
-}
-
-fn deadline_ticks() -> u64 {
-    (HOOK_DEADLINE.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
 }

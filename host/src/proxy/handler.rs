@@ -16,7 +16,9 @@
 //! `traceparent`, so plugins and the upstream see both; the client gets the
 //! request id back on every answer, errors included.
 //!
-//! A plugin failure at any phase answers 500 and never takes the gateway down.
+//! A plugin failure (trap, deadline, limit) never takes the gateway down: a
+//! fail-closed plugin answers its `fail_status` (503) and the upstream is
+//! not called; a fail-open plugin is skipped with its changes dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,17 +32,15 @@ use hyper::body::Incoming;
 
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use crate::body::{self, Body, BoxError};
+use crate::config::Fail;
 use crate::error::GatewayError;
-use crate::plugin::{Action, RequestState, ResponseState};
+use crate::plugin::{ChainPlugin, Outcome, PluginError, RequestState, ResponseState};
 use crate::router::host_of;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::metrics::Hook;
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Target, echo};
-
-/// Largest body a plugin may put in an early reply.
-const MAX_REPLY_BODY: usize = 64 * 1024;
 
 /// Handles one request against `snap`; never fails: errors become responses.
 pub async fn handle(
@@ -66,6 +66,10 @@ pub async fn handle(
             match e.blame() {
                 crate::error::Blame::Downstream => {
                     tracing::debug!(%peer, path = raw_path, error = %e, "request refused")
+                }
+                // Already logged by the plugin layer, with hook and reason.
+                crate::error::Blame::Plugin => {
+                    tracing::debug!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed")
                 }
                 _ => {
                     tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), request_id, error = %e, "request failed")
@@ -174,37 +178,36 @@ async fn proxy(
         ],
         read_only: false,
     };
-    let mut ran = 0;
+    let mut ran = Vec::with_capacity(route.chain.len());
     let mut early = None;
-    for plugin in &route.chain {
+    for (i, plugin) in route.chain.iter().enumerate() {
+        // Fail open means "as if it were not there": keep the request as it was before it.
+        let before = (plugin.fail.mode == Fail::Open).then(|| state.clone());
         let t = Instant::now();
-        let (back, result) = plugin.on_request(state).await;
+        let result = plugin.on_request(state).await;
         let took = t.elapsed();
         log.plugin_time += took;
         plugin.metrics.called(Hook::Request, took);
-        if let Err(e) = &result {
-            plugin.metrics.failed(&e.kind);
-        }
-        ran += 1;
-        state = back.ok_or_else(|| GatewayError::Internal("plugin lost the request".into()))?;
-        match result? {
-            Action::Continue => {}
-            Action::Respond(reply) => {
-                let (status, headers, body) =
-                    crate::plugin::host::http::reply_parts(reply, MAX_REPLY_BODY).map_err(|e| {
-                        let kind = crate::plugin::PluginErrorKind::BadReply(e);
-                        plugin.metrics.failed(&kind);
-                        GatewayError::Plugin(crate::plugin::PluginError {
-                            plugin: plugin.name().clone(),
-                            route: route.id.clone(),
-                            kind,
-                        })
-                    })?;
-                plugin.metrics.short_circuited(status.as_u16());
-                log.answered_by = Some(plugin.name().clone());
-                log.short_circuit = Some(plugin.name().clone());
-                early = Some((status, headers, body));
-                break;
+        match result {
+            Ok((back, outcome)) => {
+                state = back;
+                ran.push(i);
+                if let Outcome::Respond {
+                    status,
+                    headers,
+                    body,
+                } = outcome
+                {
+                    plugin.metrics.short_circuited(status.as_u16());
+                    log.answered_by = Some(plugin.name().clone());
+                    log.short_circuit = Some(plugin.name().clone());
+                    early = Some((status, headers, body));
+                    break;
+                }
+            }
+            Err(e) => {
+                plugin.metrics.failed(&e.kind);
+                state = before.ok_or_else(|| closed(plugin, e))?;
             }
         }
     }
@@ -224,18 +227,21 @@ async fn proxy(
     // 6. response chain, reverse order
     let mut resp_state = ResponseState { status, headers };
     state.read_only = true;
-    for plugin in route.chain[..ran].iter().rev() {
+    for &i in ran.iter().rev() {
+        let plugin = &route.chain[i];
+        let before = (plugin.fail.mode == Fail::Open).then(|| (state.clone(), resp_state.clone()));
         let t = Instant::now();
-        let (back, result) = plugin.on_response(state, resp_state).await;
+        let result = plugin.on_response(state, resp_state).await;
         let took = t.elapsed();
         log.plugin_time += took;
         plugin.metrics.called(Hook::Response, took);
-        if let Err(e) = &result {
-            plugin.metrics.failed(&e.kind);
+        match result {
+            Ok(back) => (state, resp_state) = back,
+            Err(e) => {
+                plugin.metrics.failed(&e.kind);
+                (state, resp_state) = before.ok_or_else(|| closed(plugin, e))?;
+            }
         }
-        result?;
-        (state, resp_state) =
-            back.ok_or_else(|| GatewayError::Internal("plugin lost the response".into()))?;
     }
 
     let mut resp = Response::new(body);
@@ -247,6 +253,14 @@ async fn proxy(
         resp.headers_mut().insert(header::CONTENT_LENGTH, cl);
     }
     Ok(resp)
+}
+
+/// The answer of a fail-closed plugin that failed.
+fn closed(plugin: &ChainPlugin, error: PluginError) -> GatewayError {
+    GatewayError::Plugin {
+        error,
+        status: plugin.fail.status,
+    }
 }
 
 async fn forward(

@@ -555,11 +555,16 @@ impl FailureKind {
         match kind {
             PluginErrorKind::Config(_) => FailureKind::Config,
             PluginErrorKind::Instantiate(_) => FailureKind::Instantiate,
-            // wasmtime reports a store limit hit as an error with this text, not as a trap code.
+            PluginErrorKind::MemoryLimit(_) => FailureKind::Memory,
+            // Some memory-limit hits surface as a trap whose root cause says so.
             PluginErrorKind::Trap(msg) if msg.contains("growing memory") => FailureKind::Memory,
             PluginErrorKind::Trap(_) => FailureKind::Trap,
-            PluginErrorKind::Timeout(_) => FailureKind::Timeout,
-            PluginErrorKind::BadReply(_) => FailureKind::BadReply,
+            PluginErrorKind::CpuDeadline(_)
+            | PluginErrorKind::CallTimeout(_)
+            | PluginErrorKind::HostCallLimit(_) => FailureKind::Timeout,
+            PluginErrorKind::TransferLimit(_) | PluginErrorKind::BadReply(_) => {
+                FailureKind::BadReply
+            }
         }
     }
 }

@@ -18,16 +18,23 @@ use crate::plugin::bindings::weir::plugin::http::{
     EditError, Header, Host, HostRequest, HostResponse,
 };
 
-/// Most headers a plugin may leave on a request or response.
-pub const MAX_HEADERS: usize = 256;
-/// Longest header value a plugin may set.
-pub const MAX_HEADER_VALUE: usize = 16 * 1024;
+use crate::plugin::limits::MAX_HEADER_VALUE;
+
+/// Caps on the headers a plugin leaves on a message or puts in a reply
+/// (`max_headers`, `max_header_bytes`). An edit that would pass them is refused
+/// with `too-large`; a reply that passes them fails the plugin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
 /// Most per-request variables, and the longest value of one.
 const MAX_VARS: usize = 64;
 const MAX_VAR_VALUE: usize = 4096;
 
 /// The request as plugins see it; the proxy builds the upstream request from it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequestState {
     /// The method.
     pub method: Method,
@@ -50,7 +57,7 @@ pub struct RequestState {
 }
 
 /// The response as plugins see it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ResponseState {
     /// Status code.
     pub status: StatusCode,
@@ -90,18 +97,36 @@ fn all(h: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
-fn set(h: &mut HeaderMap, n: &str, v: &str) -> Result<(), EditError> {
+fn header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum()
+}
+
+fn set(h: &mut HeaderMap, n: &str, v: &str, lim: HeaderLimits) -> Result<(), EditError> {
     let (n, v) = (name(n)?, value(v)?);
-    if !h.contains_key(&n) && h.len() >= MAX_HEADERS {
+    let (count, bytes) = (h.len(), header_bytes(h));
+    let replaced = h.get_all(&n).iter().count();
+    let replaced_bytes: usize = h
+        .get_all(&n)
+        .iter()
+        .map(|o| n.as_str().len() + o.len())
+        .sum();
+    let new_count = count - replaced + 1;
+    let new_bytes = bytes - replaced_bytes + n.as_str().len() + v.len();
+    // A message already over a limit (as the client sent it) may still be edited, not grown.
+    if (new_count > lim.max_headers && new_count > count)
+        || (new_bytes > lim.max_header_bytes && new_bytes > bytes)
+    {
         return Err(EditError::TooLarge);
     }
     h.insert(n, v);
     Ok(())
 }
 
-fn append(h: &mut HeaderMap, n: &str, v: &str) -> Result<(), EditError> {
+fn append(h: &mut HeaderMap, n: &str, v: &str, lim: HeaderLimits) -> Result<(), EditError> {
     let (n, v) = (name(n)?, value(v)?);
-    if h.len() >= MAX_HEADERS {
+    if h.len() >= lim.max_headers
+        || header_bytes(h) + n.as_str().len() + v.len() > lim.max_header_bytes
+    {
         return Err(EditError::TooLarge);
     }
     h.append(n, v);
@@ -114,6 +139,7 @@ fn remove(h: &mut HeaderMap, n: &str) -> Result<bool, EditError> {
 
 impl HostState {
     fn req(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<&mut RequestState> {
+        self.charge()?;
         Ok(self.table().get_mut(r)?)
     }
 
@@ -130,6 +156,7 @@ impl HostState {
     }
 
     fn resp(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
+        self.charge()?;
         Ok(self.table().get_mut(r)?)
     }
 }
@@ -174,7 +201,10 @@ impl HostRequest for HostState {
         n: String,
         v: String,
     ) -> wasmtime::Result<Result<(), EditError>> {
-        Ok(self.req_mut(&r)?.and_then(|q| set(&mut q.headers, &n, &v)))
+        let lim = self.headers;
+        Ok(self
+            .req_mut(&r)?
+            .and_then(|q| set(&mut q.headers, &n, &v, lim)))
     }
     fn append_header(
         &mut self,
@@ -182,9 +212,10 @@ impl HostRequest for HostState {
         n: String,
         v: String,
     ) -> wasmtime::Result<Result<(), EditError>> {
+        let lim = self.headers;
         Ok(self
             .req_mut(&r)?
-            .and_then(|q| append(&mut q.headers, &n, &v)))
+            .and_then(|q| append(&mut q.headers, &n, &v, lim)))
     }
     fn remove_header(
         &mut self,
@@ -304,7 +335,8 @@ impl HostResponse for HostState {
         n: String,
         v: String,
     ) -> wasmtime::Result<Result<(), EditError>> {
-        Ok(set(&mut self.resp(&r)?.headers, &n, &v))
+        let lim = self.headers;
+        Ok(set(&mut self.resp(&r)?.headers, &n, &v, lim))
     }
     fn append_header(
         &mut self,
@@ -312,7 +344,8 @@ impl HostResponse for HostState {
         n: String,
         v: String,
     ) -> wasmtime::Result<Result<(), EditError>> {
-        Ok(append(&mut self.resp(&r)?.headers, &n, &v))
+        let lim = self.headers;
+        Ok(append(&mut self.resp(&r)?.headers, &n, &v, lim))
     }
     fn remove_header(
         &mut self,
@@ -327,31 +360,39 @@ impl HostResponse for HostState {
     }
 }
 
-/// Checks a filter's early reply and turns it into status, headers and body.
-pub fn reply_parts(
+/// Checks a filter's early reply against the plugin's limits and turns it
+/// into status, headers and body.
+pub(crate) fn reply_parts(
     reply: crate::plugin::bindings::Reply,
+    lim: HeaderLimits,
     max_body: usize,
 ) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
     let status = StatusCode::from_u16(reply.status)
         .ok()
         .filter(|_| (100..=599).contains(&reply.status))
         .ok_or_else(|| format!("reply status {} is not in 100..=599", reply.status))?;
-    if reply.headers.len() > MAX_HEADERS {
+    if reply.headers.len() > lim.max_headers {
         return Err(format!(
-            "reply has {} headers, more than {MAX_HEADERS}",
-            reply.headers.len()
+            "reply has {} headers, more than `max_headers` ({})",
+            reply.headers.len(),
+            lim.max_headers
         ));
     }
     if reply.body.len() > max_body {
         return Err(format!(
-            "reply body is {} bytes, more than {max_body}",
+            "reply body is {} bytes, more than `max_reply_body` ({max_body})",
             reply.body.len()
         ));
     }
     let mut headers = HeaderMap::with_capacity(reply.headers.len());
     for h in &reply.headers {
-        append(&mut headers, &h.name, &h.value)
-            .map_err(|e| format!("reply header {:?}: {e:?}", h.name))?;
+        append(&mut headers, &h.name, &h.value, lim).map_err(|e| match e {
+            EditError::TooLarge => format!(
+                "reply headers are over `max_header_bytes` ({})",
+                lim.max_header_bytes
+            ),
+            e => format!("reply header {:?}: {e:?}", h.name),
+        })?;
     }
     Ok((status, headers, reply.body))
 }

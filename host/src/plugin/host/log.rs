@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::HostState;
 use crate::plugin::bindings::weir::plugin::log::{Host, Level};
+use crate::plugin::limits::MAX_LOG_RECORDS;
 
 /// Longest message kept; the rest is cut so a plugin cannot flood the log with one call.
 const MAX_MESSAGE: usize = 4096;
@@ -15,6 +16,15 @@ impl Host for HostState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        self.charge()?;
+        self.budget.log_records += 1;
+        let (plugin, route) = (&*self.plugin, &*self.route);
+        if self.budget.log_records > MAX_LOG_RECORDS {
+            if self.budget.log_records == MAX_LOG_RECORDS + 1 {
+                tracing::warn!(target: "weir::plugin", plugin, route, "more than {MAX_LOG_RECORDS} log records in one hook call: the rest is dropped");
+            }
+            return Ok(());
+        }
         let mut message = message;
         truncate(&mut message, MAX_MESSAGE);
         let mut extra = String::new();
@@ -23,7 +33,6 @@ impl Host for HostState {
         }
         truncate(&mut extra, MAX_MESSAGE);
         let extra = extra.trim_end();
-        let (plugin, route) = (&*self.plugin, &*self.route);
         match level {
             Level::Trace => {
                 tracing::trace!(target: "weir::plugin", plugin, route, fields = extra, "{message}")

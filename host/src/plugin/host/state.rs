@@ -175,11 +175,13 @@ impl Host for HostState {
         delta: u64,
         window_ms: u64,
     ) -> wasmtime::Result<WindowCount> {
+        self.charge()?;
         let key = self.scoped_key(&key)?;
         Ok(self.shared.incr_window(key, delta, window_ms))
     }
 
     fn take(&mut self, key: String, bucket: Bucket, cost: u32) -> wasmtime::Result<TakeResult> {
+        self.charge()?;
         let key = self.scoped_key(&key)?;
         Ok(self.shared.take(key, bucket, cost))
     }

@@ -1,0 +1,139 @@
+//! Test plugin: a hostile or buggy filter. Its `mode` says how it misbehaves;
+//! with `mode = "ok"` it only stamps `x-hostile: ok` on the request.
+//!
+//! | mode | what it does |
+//! |---|---|
+//! | `ok` | stamps `x-hostile: ok` |
+//! | `loop`, `loop-response`, `loop-init` | spins forever in on-request, on-response or init |
+//! | `grow` | allocates 1 MiB at a time, forever |
+//! | `recurse` | recurses without end |
+//! | `panic` | sets `x-before-panic: 1`, then panics |
+//! | `sleep` | sleeps 60 s (a host wait, not CPU) |
+//! | `host-calls` | calls the host forever |
+//! | `many-headers` | tries to add 1000 request headers, stamps how many were refused |
+//! | `reply-headers`, `reply-body` | answers with 1000 headers, or a 512 KiB body |
+//! | `reply-flood` | answers with 30 000 headers and a 4 MiB body (over the 1 MiB transfer cap) |
+//! | `file` | tries to read `/etc/passwd`, stamps the result |
+//! | `env` | stamps the value of the variable named by `var` and how many variables it sees |
+//! | `counter` | stamps a count kept in a static: how many requests this instance saw |
+//! | `stdout` | prints a line to stdout and one to stderr |
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use weir_sdk::{Action, Header, Plugin, Reply, Request, Response};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    mode: String,
+    #[serde(default)]
+    var: String,
+}
+
+struct Hostile(Config);
+
+static SEEN: AtomicU32 = AtomicU32::new(0);
+
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Recurses until the stack runs out; the depth check only hides that from the compiler.
+fn recurse(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    black_box(recurse(depth + 1)) + 1
+}
+
+fn huge_reply(headers: usize, body: usize) -> Action {
+    let headers = (0..headers)
+        .map(|i| Header {
+            name: format!("x-h{i}"),
+            value: "v".into(),
+        })
+        .collect();
+    Action::Respond(Reply {
+        status: 200,
+        headers,
+        body: vec![b'x'; body],
+    })
+}
+
+impl Plugin for Hostile {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.mode == "loop-init" {
+            spin();
+        }
+        Ok(Hostile(config))
+    }
+
+    fn on_request(&mut self, req: &Request) -> Action {
+        let stamp = |v: &str| {
+            let _ = req.set_header("x-hostile", v);
+        };
+        match self.0.mode.as_str() {
+            "loop" => spin(),
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                recurse(0);
+            }
+            "panic" => {
+                let _ = req.set_header("x-before-panic", "1");
+                panic!("hostile plugin panics mid-request");
+            }
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(60)),
+            "host-calls" => loop {
+                black_box(req.method());
+            },
+            "many-headers" => {
+                let refused = (0..1000)
+                    .filter(|i| req.set_header(&format!("x-flood-{i}"), "x").is_err())
+                    .count();
+                stamp(&format!("refused {refused}"));
+            }
+            "reply-headers" => return huge_reply(1000, 0),
+            "reply-body" => return huge_reply(0, 512 << 10),
+            "reply-flood" => return huge_reply(30_000, 4 << 20),
+            "file" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(s) => stamp(&format!("read {} bytes", s.len())),
+                Err(e) => stamp(&format!("denied: {e}")),
+            },
+            "env" => {
+                let value = std::env::var(&self.0.var).unwrap_or_else(|_| "absent".into());
+                stamp(&format!("{value}; count={}", std::env::vars().count()));
+            }
+            "counter" => {
+                let n = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
+                stamp(&n.to_string());
+            }
+            "stdout" => {
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+                stamp("printed");
+            }
+            _ => stamp("ok"),
+        }
+        Action::Continue
+    }
+
+    fn on_response(&mut self, _req: &Request, resp: &Response) {
+        if self.0.mode == "loop-response" {
+            spin();
+        }
+        let _ = resp.set_header("x-hostile-response", "ran");
+    }
+}
+
+weir_sdk::export!(Hostile);
