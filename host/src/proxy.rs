@@ -25,19 +25,7 @@ pub async fn serve(
     current: Arc<ArcSwap<Snapshot>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut stop, "proxy").await {
         let _ = stream.set_nodelay(true);
         let current = current.clone();
         tokio::spawn(async move {
@@ -66,6 +54,28 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` flips. Accept
+/// errors (usually EMFILE) are logged and retried after a short back-off
+/// instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
     }
 }
 
