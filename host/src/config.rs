@@ -123,6 +123,30 @@ pub struct Server {
     /// `max_body_bytes`: cap on a request body; larger bodies get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// `max_headers`: most header fields in a request head (HTTP/1); more get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// `max_uri_bytes`: longest request target; longer ones get 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// `body_read_timeout`: longest wait for the next piece of a request body (408).
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Duration,
+    /// `idle_timeout`: a connection with no request in flight this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// `max_connections`: open client connections; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// `shutdown_timeout`: how long SIGTERM waits for in-flight requests before closing.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Duration,
+    /// `trusted_proxies`: peers (`IP` or `IP/prefix`) whose `X-Forwarded-For` is kept and extended.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// `allow_underscore_headers`: keep header names with `_` (dropped by default).
+    #[serde(default)]
+    pub allow_underscore_headers: bool,
 }
 
 impl Default for Server {
@@ -132,6 +156,14 @@ impl Default for Server {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body_bytes(),
+            max_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            body_read_timeout: default_body_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            shutdown_timeout: default_shutdown_timeout(),
+            trusted_proxies: Vec::new(),
+            allow_underscore_headers: false,
         }
     }
 }
@@ -148,25 +180,225 @@ fn default_max_header_bytes() -> usize {
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
 }
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// `[upstreams.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `targets`: `http://host:port` URLs (round robin) or `builtin:echo`.
-    pub targets: Vec<Spanned<String>>,
-    /// `connect_timeout`: time to open a TCP connection to a target.
+    /// `targets`: `"http://host:port"`, `"https://host:port"`, `{ url = "...", weight = 3 }`
+    /// or `"builtin:echo"`.
+    pub targets: Vec<Spanned<TargetSpec>>,
+    /// `balance`: `"round_robin"` (default, weighted), `"least_request"` or `"consistent_hash"`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// `hash_on`: the consistent-hash key: `"client_ip"` (default) or `"header:NAME"`.
+    pub hash_on: Option<Spanned<String>>,
+    /// `connect_timeout`: time to open a connection (TCP and TLS) to a target.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// `request_timeout`: time from sending the request to the response head.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Duration,
+    /// `idle_timeout`: how long an unused pooled connection is kept.
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// `retries`: extra attempts, on another target, for an idempotent request
+    /// without a body whose connection failed (default 1).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `retry_budget`: retries allowed as a share of requests (default 0.2), so
+    /// retries cannot multiply load on a failing upstream.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: f64,
+    /// `max_requests`: requests in flight to this upstream; more get 503 (default 1024).
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// `protocol`: `"http1"` (default) or `"h2c"` (HTTP/2 without TLS) for `http://`
+    /// targets; `https://` targets negotiate HTTP/2 or HTTP/1.1 by ALPN.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// `ca`: PEM file of CA certificates trusted for `https://` targets
+    /// (relative to the manifest); the system's roots when absent.
+    pub ca: Option<Spanned<PathBuf>>,
+    /// `[upstreams.NAME.health]`: active health checks; none when absent.
+    pub health: Option<Spanned<HealthCheck>>,
+    /// `[upstreams.NAME.passive]`: ejection after consecutive failures.
+    #[serde(default)]
+    pub passive: Passive,
+}
+
+/// One entry of `targets`: a URL, or a table with a URL and a weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// The URL (or `builtin:echo`).
+    pub url: String,
+    /// The share of requests it gets relative to the others (1 to 1000).
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for TargetSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TargetSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL string or a table `{ url = \"...\", weight = N }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetSpec, E> {
+                Ok(TargetSpec {
+                    url: v.to_string(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TargetSpec, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                if !(1..=1000).contains(&t.weight) {
+                    return Err(serde::de::Error::custom(format!(
+                        "weight {} is out of range: use 1 to 1000",
+                        t.weight
+                    )));
+                }
+                Ok(TargetSpec {
+                    url: t.url,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// How an upstream picks a target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn, in proportion to the weights.
+    #[default]
+    RoundRobin,
+    /// The less busy of two targets drawn at random (weighted).
+    LeastRequest,
+    /// The same key goes to the same target while it is healthy.
+    ConsistentHash,
+}
+
+/// How the gateway speaks to `http://` targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, without TLS.
+    H2c,
+}
+
+/// `[upstreams.NAME.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `path`: requested with GET; a 2xx or 3xx answer is healthy.
+    pub path: Spanned<String>,
+    /// `interval`: time between checks of each target (default 5s).
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    /// `timeout`: time a check may take (default 2s).
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+    /// `healthy_threshold`: passes in a row that bring a target back (default 2).
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// `unhealthy_threshold`: failures in a row that take a target out (default 3).
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// `[upstreams.NAME.passive]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passive {
+    /// `consecutive_failures`: failed exchanges (connect error, timeout, 502/503/504)
+    /// in a row that eject a target; 0 turns ejection off (default 5).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// `ejection`: how long an ejected target is skipped (default 30s).
+    #[serde(default = "default_ejection")]
+    pub ejection: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            consecutive_failures: default_consecutive_failures(),
+            ejection: default_ejection(),
+        }
+    }
 }
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_retry_budget() -> f64 {
+    0.2
+}
+fn default_max_requests() -> usize {
+    1024
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_ejection() -> Duration {
     Duration::from_secs(30)
 }
 

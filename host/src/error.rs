@@ -33,6 +33,21 @@ pub enum GatewayError {
     /// The request body is over `max_body_bytes`.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// The request target is over `max_uri_bytes`.
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
+    /// The request's framing is ambiguous or invalid (e.g. Content-Length with Transfer-Encoding).
+    #[error("bad request framing: {0}")]
+    BadFraming(&'static str),
+    /// The client stopped sending its body for longer than `body_read_timeout`.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// The upstream is at its `max_requests` (circuit open).
+    #[error("upstream `{0}` is at its concurrency limit")]
+    UpstreamOverloaded(String),
+    /// Every target of the upstream is unhealthy or ejected.
+    #[error("upstream `{0}` has no healthy target")]
+    NoHealthyTarget(String),
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -59,13 +74,28 @@ impl GatewayError {
             GatewayError::BadPath(_)
             | GatewayError::NoRoute
             | GatewayError::MethodNotAllowed
-            | GatewayError::BodyTooLarge(_) => Blame::Downstream,
-            GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_) => {
-                Blame::Upstream
-            }
+            | GatewayError::BodyTooLarge(_)
+            | GatewayError::UriTooLong(_)
+            | GatewayError::BadFraming(_)
+            | GatewayError::BodyTimeout(_) => Blame::Downstream,
+            GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::UpstreamOverloaded(_)
+            | GatewayError::NoHealthyTarget(_) => Blame::Upstream,
             GatewayError::Plugin { .. } => Blame::Plugin,
             GatewayError::Internal(_) => Blame::Internal,
         }
+    }
+
+    /// Whether the client connection must close after this answer (HTTP/1):
+    /// its remaining bytes cannot be trusted as the next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadFraming(_)
+                | GatewayError::BodyTooLarge(_)
+                | GatewayError::BodyTimeout(_)
+        )
     }
 
     /// Whether retrying the same request elsewhere could succeed.
@@ -80,6 +110,12 @@ impl GatewayError {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            GatewayError::BadFraming(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::UpstreamOverloaded(_) | GatewayError::NoHealthyTarget(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Plugin { status, .. } => *status,

@@ -55,6 +55,7 @@ use telemetry::metrics::Metrics;
 /// A running gateway: its listeners and the snapshot they serve.
 pub struct Gateway {
     reloader: Arc<Reloader>,
+    conns: Arc<proxy::Connections>,
     addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -83,8 +84,8 @@ impl Starting {
         let snap = Snapshot::load(&self.manifest, Runtime::global(), &self.metrics).await?;
         self.metrics.loaded();
         let listen = snap.server.listen.clone();
+        let conns = proxy::Connections::new(snap.server.max_connections);
         let reloader = Arc::new(Reloader::new(self.manifest, snap, self.metrics));
-        let stop_rx = self.stop.subscribe();
         let mut addrs = Vec::new();
         for addr in listen {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -92,11 +93,8 @@ impl Starting {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             addrs.push(proxy::bound(&listener)?);
             let current = reloader.current().clone();
-            self.tasks.push(tokio::spawn(proxy::serve(
-                listener,
-                current,
-                stop_rx.clone(),
-            )));
+            self.tasks
+                .push(tokio::spawn(proxy::serve(listener, current, conns.clone())));
         }
         let admin_addr = self.admin.map(|(addr, state)| {
             // From here on `/readyz` answers 200.
@@ -105,6 +103,7 @@ impl Starting {
         });
         Ok(Gateway {
             reloader,
+            conns,
             addrs,
             admin_addr,
             stop: self.stop,
@@ -199,12 +198,24 @@ impl Gateway {
         self.reloader.stats()
     }
 
-    /// Stops accepting connections (proxy and admin) and watching files.
-    pub async fn shutdown(self) {
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.conns.open()
+    }
+
+    /// Shuts down gracefully: stops accepting, lets in-flight requests
+    /// finish (HTTP/2 clients get GOAWAY, idle connections close) for up to
+    /// `[server] shutdown_timeout`, drops what is left, then stops the admin
+    /// listener and the file watcher. Returns how many connections were
+    /// still open at the deadline.
+    pub async fn shutdown(self) -> usize {
+        let deadline = self.snapshot().server.shutdown_timeout;
+        let dropped = self.conns.drain(deadline).await;
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        dropped
     }
 }
 

@@ -170,7 +170,16 @@ async fn run(manifest: PathBuf, watch: bool) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("shutting down");
-    gateway.shutdown().await;
+    let open = gateway.open_connections();
+    tracing::info!(
+        open_connections = open,
+        "shutting down: draining in-flight requests"
+    );
+    let dropped = gateway.shutdown().await;
+    if dropped > 0 {
+        tracing::warn!(dropped, "drain deadline passed; connections closed");
+    } else {
+        tracing::info!("drained");
+    }
     Ok(())
 }

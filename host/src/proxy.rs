@@ -1,5 +1,6 @@
-//! The HTTP front: listeners, per-connection protocol settings, and the
-//! handler that runs each request through its route (see [`handler`]).
+//! The HTTP front: listeners, per-connection protocol settings, limits and
+//! shutdown, and the handler that runs each request through its route (see
+//! [`handler`]).
 
 mod handler;
 pub mod headers;
@@ -7,65 +8,265 @@ pub mod headers;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 
 use crate::snapshot::Snapshot;
 
-/// Accepts connections on `listener` until `stop` flips, serving HTTP/1.1
-/// and h2c (prior knowledge) on the same port.
-pub async fn serve(
-    listener: TcpListener,
-    current: Arc<ArcSwap<Snapshot>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    while let Some((stream, peer)) = accept(&listener, &mut stop, "proxy").await {
-        let _ = stream.set_nodelay(true);
-        let current = current.clone();
-        tokio::spawn(async move {
-            let _open = current.load().metrics.connection();
-            let settings = current.load().server.clone();
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                // Without a timer hyper silently ignores header_read_timeout.
-                .timer(TokioTimer::new())
-                .header_read_timeout(settings.header_read_timeout)
-                .max_buf_size(settings.max_header_bytes);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-            let service = service_fn(move |req| {
-                // Each request runs on the snapshot current when it arrives, to the end.
-                let snap = current.load_full();
-                async move { Ok::<_, Infallible>(handler::handle(snap, req, peer).await) }
-            });
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+/// What the handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address (the TCP peer).
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (sets `X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+/// Where a gateway's connections are in their life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving.
+    Serving,
+    /// Not accepting; connections finish their requests (HTTP/2 gets GOAWAY).
+    Draining,
+    /// The drain deadline passed: remaining connections are dropped.
+    Closing,
+}
+
+/// The client connections of one gateway, across all its listeners: the
+/// connection cap and the shutdown phase.
+#[derive(Debug)]
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    max: usize,
+    phase: watch::Sender<Phase>,
+}
+
+impl Connections {
+    /// Room for `max` connections at once.
+    pub fn new(max: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            phase: watch::channel(Phase::Serving).0,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    /// Stops accepting and asks every connection to finish; waits up to
+    /// `deadline`, then drops what is left. Returns how many were dropped.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        self.phase.send_replace(Phase::Draining);
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(deadline, self.slots.acquire_many(all))
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let left = self.open();
+        self.phase.send_replace(Phase::Closing);
+        // Dropped connections give their slots back as their tasks end.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.slots.acquire_many(all)).await;
+        left
+    }
+
+    fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// A slot for one more connection, waiting while the gateway is full;
+    /// `None` once draining has begun.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        let mut phase = self.phase();
+        if *phase.borrow_and_update() != Phase::Serving {
+            return None;
+        }
+        tokio::select! {
+            permit = self.slots.clone().acquire_owned() => permit.ok(),
+            _ = phase.changed() => None,
+        }
     }
 }
 
-/// The next connection on `listener`, or `None` once `stop` flips. Accept
-/// errors (usually EMFILE) are logged and retried after a short back-off
-/// instead of spinning.
-pub(crate) async fn accept(
+/// Accepts plain-TCP connections on `listener` until the gateway drains,
+/// serving HTTP/1.1 and h2c (prior knowledge) on the same port.
+pub async fn serve(
+    listener: TcpListener,
+    current: Arc<ArcSwap<Snapshot>>,
+    conns: Arc<Connections>,
+) {
+    let mut phase = conns.phase();
+    loop {
+        // At the cap, wait for a slot before accepting: the kernel backlog holds the rest.
+        let Some(slot) = conns.slot().await else {
+            return;
+        };
+        let Some((stream, peer)) = accept(&listener, &mut phase, "proxy").await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo { peer, tls: false };
+        tokio::spawn(serve_connection(
+            stream,
+            info,
+            current.clone(),
+            conns.clone(),
+            slot,
+        ));
+    }
+}
+
+/// Serves one client connection (plain or already TLS-wrapped) until the
+/// client leaves, it idles out, or the gateway drains.
+pub async fn serve_connection<I>(
+    io: I,
+    info: ConnInfo,
+    current: Arc<ArcSwap<Snapshot>>,
+    conns: Arc<Connections>,
+    _slot: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = current.load().metrics.connection();
+    let settings = current.load().server.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Without a timer hyper silently ignores header_read_timeout. On a
+        // kept-alive connection it also bounds the wait for the next request.
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes)
+        .max_headers(settings.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            // Each request runs on the snapshot current when it arrives, to the end.
+            let snap = current.load_full();
+            let busy = activity.begin();
+            async move {
+                let resp = handler::handle(snap, req, info).await;
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+
+    let mut phase = conns.phase();
+    let mut draining = *phase.borrow_and_update() != Phase::Serving;
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    let idle = settings.idle_timeout;
+    let mut idle_check = Instant::now() + idle;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            changed = phase.changed(), if changed_possible(&phase) => {
+                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
+                match now {
+                    Phase::Closing => return,
+                    Phase::Draining if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(idle_check), if !draining => {
+                match activity.idle_since() {
+                    // Idle long enough: close politely (GOAWAY on HTTP/2).
+                    Some(since) if since.elapsed() >= idle => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(since) => idle_check = since + idle,
+                    None => idle_check = Instant::now() + idle,
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn changed_possible(phase: &watch::Receiver<Phase>) -> bool {
+    !matches!(phase.has_changed(), Err(_))
+}
+
+/// Requests in flight on one connection, and when it last had none.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: std::sync::Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The next connection on `listener`, or `None` once the phase leaves
+/// [`Phase::Serving`]. Accept errors (usually EMFILE) are logged and retried
+/// after a short back-off instead of spinning.
+pub(crate) async fn accept<T: Serving>(
     listener: &TcpListener,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<T>,
     what: &str,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
+        if !stop.borrow_and_update().serving() {
+            return None;
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => return Some(c),
@@ -74,8 +275,27 @@ pub(crate) async fn accept(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
-            _ = stop.changed() => return None,
+            changed = stop.changed() => if changed.is_err() { return None },
         }
+    }
+}
+
+/// A stop signal as seen by an accept loop.
+pub(crate) trait Serving {
+    /// Whether listeners should keep accepting.
+    fn serving(&self) -> bool;
+}
+
+impl Serving for Phase {
+    fn serving(&self) -> bool {
+        *self == Phase::Serving
+    }
+}
+
+impl Serving for bool {
+    /// `true` means "stop".
+    fn serving(&self) -> bool {
+        !*self
     }
 }
 

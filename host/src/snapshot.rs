@@ -22,7 +22,7 @@ use crate::config::{self, ConfigError, Manifest};
 use crate::plugin::{ChainPlugin, LoadedPlugin, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{self, Target, Upstream};
 
 /// Listener and connection settings.
 #[derive(Debug, Clone)]
@@ -35,6 +35,22 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Cap on a request body.
     pub max_body_bytes: u64,
+    /// Most header fields in an HTTP/1 request head.
+    pub max_headers: usize,
+    /// Longest request target.
+    pub max_uri_bytes: usize,
+    /// Longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// Open client connections allowed (read at start).
+    pub max_connections: usize,
+    /// Drain deadline on shutdown (read at start).
+    pub shutdown_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is extended rather than replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Keep header names containing `_`.
+    pub allow_underscore_headers: bool,
 }
 
 /// A route, resolved.
@@ -177,6 +193,23 @@ impl Snapshot {
                 }
             }
         }
+        let mut trusted_proxies = Vec::new();
+        for p in &doc.server.trusted_proxies {
+            let text = p.get_ref();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => {
+                    l.err::<()>(
+                        p.span(),
+                        format!("invalid trusted proxy `{text}`"),
+                        Some("write an address or a network: \"10.0.0.7\", \"10.0.0.0/8\"".into()),
+                    );
+                }
+            }
+        }
         if doc.server.max_header_bytes < 8192 {
             l.err::<()>(0..0, "server.max_header_bytes must be at least 8192", None);
         }
@@ -198,6 +231,14 @@ impl Snapshot {
             header_read_timeout: doc.server.header_read_timeout.0,
             max_header_bytes: doc.server.max_header_bytes,
             max_body_bytes: doc.server.max_body_bytes,
+            max_headers: doc.server.max_headers,
+            max_uri_bytes: doc.server.max_uri_bytes,
+            body_read_timeout: doc.server.body_read_timeout.0,
+            idle_timeout: doc.server.idle_timeout.0,
+            max_connections: doc.server.max_connections.max(1),
+            shutdown_timeout: doc.server.shutdown_timeout.0,
+            trusted_proxies,
+            allow_underscore_headers: doc.server.allow_underscore_headers,
         };
 
         // Upstreams.
@@ -213,20 +254,18 @@ impl Snapshot {
             }
             let mut targets = Vec::new();
             for t in &u.targets {
-                match Target::parse(t.get_ref()) {
-                    Ok(t) => targets.push(t),
+                match Target::parse(&t.get_ref().url) {
+                    Ok(target) => targets.push((target, t.get_ref().weight)),
                     Err(e) => {
                         l.err::<()>(t.span(), e, None);
                     }
                 }
             }
-            let up = Upstream::new(
-                name.get_ref().to_string(),
-                targets,
-                u.connect_timeout.0,
-                u.request_timeout.0,
-            );
-            upstreams.insert(name.get_ref().to_string(), Arc::new(up));
+            let Some(settings) = upstream_settings(&mut l, name, u, &targets) else {
+                continue;
+            };
+            let up = Upstream::new(name.get_ref().to_string(), targets, settings);
+            upstreams.insert(name.get_ref().to_string(), up);
         }
 
         // Plugins: each file read once, checked against its policy, and compiled
@@ -467,12 +506,24 @@ fn resolve_route(
         u.clone()
     } else if up.starts_with("builtin:") || up.contains("://") {
         match Target::parse(up) {
-            Ok(t) => Arc::new(Upstream::new(
-                up.clone(),
-                vec![t],
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-            )),
+            Ok(t) => {
+                let mut settings = upstream::Settings::default();
+                if matches!(t, Target::Http { tls: true, .. }) {
+                    match upstream::load_roots(None)
+                        .and_then(|r| upstream::client_config(r).map_err(|e| e.to_string()))
+                    {
+                        Ok(c) => settings.tls = Some(Arc::new(c)),
+                        Err(e) => {
+                            return l.err(
+                                r.upstream.span(),
+                                format!("route `{id}`: {e}"),
+                                Some("install the system CA certificates (ca-certificates), or define the upstream in `[upstreams]` with `ca`".into()),
+                            );
+                        }
+                    }
+                }
+                Upstream::new(up.clone(), vec![(t, 1)], settings)
+            }
             Err(e) => return l.err(r.upstream.span(), format!("route `{id}`: {e}"), None),
         }
     } else {
@@ -511,4 +562,137 @@ fn list(names: &[&str]) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// An upstream's settings from `[upstreams.NAME]`; errors go to `l`.
+fn upstream_settings(
+    l: &mut Loader<'_>,
+    name: &Spanned<config::Name>,
+    u: &config::Upstream,
+    targets: &[(Target, u32)],
+) -> Option<upstream::Settings> {
+    let before = l.errors.len();
+    let balance = match u.balance {
+        config::Balance::RoundRobin => upstream::Balance::RoundRobin,
+        config::Balance::LeastRequest => upstream::Balance::LeastRequest,
+        config::Balance::ConsistentHash => {
+            let on = match u.hash_on.as_ref().map(|h| (h, h.get_ref().as_str())) {
+                None | Some((_, "client_ip")) => upstream::HashOn::ClientIp,
+                Some((h, text)) => {
+                    match text
+                        .strip_prefix("header:")
+                        .and_then(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                    {
+                        Some(header) => upstream::HashOn::Header(header),
+                        None => {
+                            return l.err(
+                            h.span(),
+                            format!("upstream `{}`: invalid `hash_on = \"{text}\"`", name.get_ref()),
+                            Some("use \"client_ip\" or \"header:NAME\", e.g. \"header:x-user-id\"".into()),
+                        );
+                        }
+                    }
+                }
+            };
+            upstream::Balance::ConsistentHash(on)
+        }
+    };
+    if let Some(h) = &u.hash_on
+        && u.balance != config::Balance::ConsistentHash
+    {
+        l.err::<()>(
+            h.span(),
+            format!(
+                "upstream `{}`: `hash_on` needs `balance = \"consistent_hash\"`",
+                name.get_ref()
+            ),
+            None,
+        );
+    }
+    if !(0.0..=1.0).contains(&u.retry_budget) {
+        l.err::<()>(
+            name.span(),
+            format!(
+                "upstream `{}`: `retry_budget` must be between 0 and 1",
+                name.get_ref()
+            ),
+            Some("e.g. 0.2: retries may add at most 20% to the requests".into()),
+        );
+    }
+    let https = targets
+        .iter()
+        .any(|(t, _)| matches!(t, Target::Http { tls: true, .. }));
+    if u.protocol == config::UpstreamProtocol::H2c && https {
+        l.err::<()>(
+            name.span(),
+            format!(
+                "upstream `{}`: `protocol = \"h2c\"` is for `http://` targets",
+                name.get_ref()
+            ),
+            Some("`https://` targets negotiate HTTP/2 by ALPN by themselves".into()),
+        );
+    }
+    let mut tls = None;
+    if https || u.ca.is_some() {
+        let ca = u.ca.as_ref().map(|c| l.m.base_dir().join(c.get_ref()));
+        let span = u.ca.as_ref().map_or(name.span(), |c| c.span());
+        match upstream::load_roots(ca.as_deref())
+            .and_then(|r| upstream::client_config(r).map_err(|e| e.to_string()))
+        {
+            Ok(c) => tls = Some(Arc::new(c)),
+            Err(e) => {
+                l.err::<()>(
+                    span,
+                    format!("upstream `{}`: {e}", name.get_ref()),
+                    Some("`ca` is a PEM file of CA certificates, relative to the manifest".into()),
+                );
+            }
+        }
+    }
+    let health = u.health.as_ref().map(|h| {
+        let hc = h.get_ref();
+        if !hc.path.get_ref().starts_with('/') {
+            l.err::<()>(
+                hc.path.span(),
+                format!(
+                    "upstream `{}`: health check path must start with `/`",
+                    name.get_ref()
+                ),
+                None,
+            );
+        }
+        if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+            l.err::<()>(
+                h.span(),
+                format!(
+                    "upstream `{}`: health thresholds must be at least 1",
+                    name.get_ref()
+                ),
+                None,
+            );
+        }
+        upstream::HealthCheck {
+            path: hc.path.get_ref().clone(),
+            interval: hc.interval.0.max(Duration::from_millis(10)),
+            timeout: hc.timeout.0,
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+        }
+    });
+    (l.errors.len() == before).then(|| upstream::Settings {
+        connect_timeout: u.connect_timeout.0,
+        request_timeout: u.request_timeout.0,
+        idle_timeout: u.idle_timeout.0,
+        balance,
+        retries: u.retries,
+        retry_budget: u.retry_budget,
+        max_requests: u.max_requests.max(1),
+        h2c: u.protocol == config::UpstreamProtocol::H2c,
+        tls,
+        health,
+        passive: upstream::Passive {
+            consecutive_failures: u.passive.consecutive_failures,
+            ejection: u.passive.ejection.0,
+        },
+    })
 }

@@ -20,7 +20,6 @@
 //! fail-closed plugin answers its `fail_status` (503) and the upstream is
 //! not called; a fail-open plugin is skipped with its changes dropped.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +29,8 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::ConnInfo;
+use super::headers::{self as edge, set_forwarded, strip_hop_by_hop};
 use crate::body::{self, Body, BoxError};
 use crate::config::Fail;
 use crate::error::GatewayError;
@@ -43,12 +43,11 @@ use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Target, echo};
 
 /// Handles one request against `snap`; never fails: errors become responses.
-pub async fn handle(
-    snap: Arc<Snapshot>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let peer = conn.peer;
     let started = Instant::now();
+    let http1 = req.version() < http::Version::HTTP_2;
+    let body_pending = !req.body().is_end_stream();
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
     let request_id = trace::request_id(req.headers());
@@ -59,7 +58,7 @@ pub async fn handle(
         trace: &trace,
     };
     let mut matched = None;
-    let mut resp = match proxy(&snap, req, peer, ids, &mut log, &mut matched).await {
+    let mut resp = match proxy(&snap, req, conn, ids, &mut log, &mut matched).await {
         Ok(r) => r,
         Err(e) => {
             log.answered_by = Some("gateway".into());
@@ -75,9 +74,21 @@ pub async fn handle(
                     tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), request_id, error = %e, "request failed")
                 }
             }
-            e.to_response()
+            let mut resp = e.to_response();
+            if http1 && e.closes_connection() {
+                // The rest of what the client sent cannot be trusted as a next request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
+    if http1 && body_pending && log.upstream_time.is_none() {
+        // Answered without reading the body (a plugin's 401, an error): close
+        // rather than let its bytes be read as the next request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(trace::REQUEST_ID, v);
     }
@@ -109,15 +120,20 @@ struct Ids<'a> {
 async fn proxy(
     snap: &Snapshot,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: ConnInfo,
     ids: Ids<'_>,
     log: &mut Access,
     matched: &mut Option<Arc<Route>>,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+    let server = &snap.server;
 
-    // 1. limits
-    let max_body = snap.server.max_body_bytes;
+    // 1. limits and framing
+    if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
+        return Err(GatewayError::UriTooLong(server.max_uri_bytes));
+    }
+    edge::check_framing(&parts.headers)?;
+    let max_body = server.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -158,8 +174,25 @@ async fn proxy(
     log.route = Some(route.id.clone());
     *matched = Some(route.clone());
 
-    // 4. request chain
+    // 4. request chain: edge rules first, so plugins see (and may change) what the upstream gets
+    let upgrade = edge::websocket_upgrade(&parts)
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     strip_hop_by_hop(&mut parts.headers);
+    if !server.allow_underscore_headers {
+        edge::drop_underscore_names(&mut parts.headers);
+    }
+    let tls = conn.tls;
+    let trusted = server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&conn.peer.ip()));
+    set_forwarded(
+        &mut parts.headers,
+        conn.peer,
+        authority.as_deref(),
+        tls,
+        trusted,
+    );
     if let Ok(v) = HeaderValue::from_str(ids.request_id) {
         parts.headers.insert(trace::REQUEST_ID, v);
     }
@@ -170,7 +203,7 @@ async fn proxy(
         query: parts.uri.query().map(str::to_string),
         authority,
         headers: std::mem::take(&mut parts.headers),
-        client: peer,
+        client: conn.peer,
         route_id: route.id.clone(),
         vars: vec![
             ("request_id".into(), ids.request_id.into()),
@@ -213,11 +246,25 @@ async fn proxy(
     }
 
     // 5. upstream (unless a plugin answered)
+    let mut tunnel = None;
     let (status, mut headers, body) = match early {
         Some((status, headers, bytes)) => (status, headers, body::full(bytes)),
         None => {
-            let resp = forward(&route, &state, body, max_body, log).await?;
+            let upgrading = upgrade.is_some();
+            let (resp, upstream_upgrade) =
+                forward(&route, &state, body, server, upgrading, log).await?;
             let (p, b) = resp.into_parts();
+            if p.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // Only a WebSocket request the upstream accepted becomes a tunnel.
+                match (upgrade.flatten(), upstream_upgrade) {
+                    (Some(client), Some(upstream)) => tunnel = Some((client, upstream)),
+                    _ => {
+                        return Err(GatewayError::UpstreamUnavailable(
+                            "the upstream switched protocols without being asked".into(),
+                        ));
+                    }
+                }
+            }
             (p.status, p.headers, b)
         }
     };
@@ -247,6 +294,13 @@ async fn proxy(
     let mut resp = Response::new(body);
     *resp.status_mut() = resp_state.status;
     *resp.headers_mut() = resp_state.headers;
+    if let Some((client, upstream)) = tunnel {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        tokio::spawn(splice(client, upstream, route.id.clone()));
+    }
     // Framing belongs to the gateway: a plugin cannot desync the body length.
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     if let Some(cl) = framing {
@@ -263,67 +317,165 @@ fn closed(plugin: &ChainPlugin, error: PluginError) -> GatewayError {
     }
 }
 
+/// Sends the request to a target of the route's upstream: admission under
+/// `max_requests`, target choice, retries of connect failures (idempotent
+/// requests without a body, within the retry budget), passive health
+/// reports. Returns the response and, for a WebSocket upgrade, the
+/// upstream side of the tunnel.
 async fn forward(
     route: &Route,
     state: &RequestState,
     body: Incoming,
-    max_body: u64,
+    server: &crate::snapshot::ServerSettings,
+    upgrading: bool,
     log: &mut Access,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
+    let upstream = &route.upstream;
+    let max_body = server.max_body_bytes;
+    let mut admitted = upstream.admit()?;
     let mut pq = state.path.clone();
     if let Some(q) = &state.query {
         pq.push('?');
         pq.push_str(q);
     }
     let mut headers: HeaderMap = state.headers.clone();
-    set_forwarded(&mut headers, state.client, state.authority.as_deref());
-    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
-
-    let upstream = &route.upstream;
-    let (index, target) = upstream.pick_indexed();
-    let metrics = route.metrics.target(index);
-    if let Some(m) = metrics {
-        log.upstream = Some(m.label.clone());
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    let uri = match target {
-        Target::Echo => pq.clone(),
-        Target::Http(authority) => format!("http://{authority}{pq}"),
-    };
-    let mut req = Request::builder()
-        .method(state.method.clone())
-        .uri(uri)
-        .body(body)
-        .map_err(|e| GatewayError::Internal(format!("cannot build the upstream request: {e}")))?;
-    *req.headers_mut() = headers;
-
-    let sent = Instant::now();
-    let result = match target {
-        Target::Echo => echo::respond(req)
-            .await
-            .map_err(|e| classify(e, max_body, "builtin:echo")),
-        Target::Http(authority) => {
-            match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await
-            {
-                Err(_) => Err(GatewayError::UpstreamTimeout(upstream.request_timeout)),
-                Ok(Err(e)) => Err(classify(Box::new(e), max_body, authority.as_str())),
-                Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
+    // A request without a body can be sent again; one with a body streams once.
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let mut next_body = || -> Body {
+        match body.take().filter(|_| !replayable) {
+            Some(b) => {
+                let limited = Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX));
+                body::Timed::new(limited, server.body_read_timeout).boxed()
             }
+            None => body::empty(),
         }
     };
-    let took = sent.elapsed();
-    log.upstream_time = Some(took);
-    if let Some(m) = metrics {
-        m.exchanged(result.as_ref().map(|_| ()), took);
+    let retry = replayable && state.method.is_idempotent();
+    let key = upstream.hash_key(state.client.ip(), &state.headers);
+    let mut tried = Vec::new();
+    loop {
+        let index = upstream.pick(key, &tried);
+        let target = &upstream.endpoints()[index].target;
+        upstream.begin(&mut admitted, index);
+        let metrics = route.metrics.target(index);
+        if let Some(m) = metrics {
+            log.upstream = Some(m.label.clone());
+        }
+        let uri = match target {
+            Target::Echo => pq.clone(),
+            Target::Http { .. } => format!("{}{pq}", target.base_url()),
+        };
+        let mut req = Request::builder()
+            .method(state.method.clone())
+            .uri(uri)
+            .body(next_body())
+            .map_err(|e| {
+                GatewayError::Internal(format!("cannot build the upstream request: {e}"))
+            })?;
+        *req.headers_mut() = headers.clone();
+
+        let sent = Instant::now();
+        let mut connect_failed = false;
+        let result = match target {
+            Target::Echo => echo::respond(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| classify(e, server, "builtin:echo")),
+            Target::Http { .. } => {
+                match tokio::time::timeout(
+                    upstream.settings.request_timeout,
+                    upstream.client.request(req),
+                )
+                .await
+                {
+                    Err(_) => Err(GatewayError::UpstreamTimeout(
+                        upstream.settings.request_timeout,
+                    )),
+                    Ok(Err(e)) => {
+                        connect_failed = e.is_connect();
+                        Err(classify(Box::new(e), server, &target.to_string()))
+                    }
+                    Ok(Ok(mut resp)) => {
+                        let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+                            .then(|| hyper::upgrade::on(&mut resp));
+                        Ok((
+                            resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+                            up,
+                        ))
+                    }
+                }
+            }
+        };
+        let took = sent.elapsed();
+        log.upstream_time = Some(log.upstream_time.unwrap_or_default() + took);
+        if let Some(m) = metrics {
+            m.exchanged(result.as_ref().map(|_| ()), took);
+        }
+        let failed = match &result {
+            Ok((r, _)) => matches!(r.status().as_u16(), 502..=504),
+            Err(e) => e.blame() == crate::error::Blame::Upstream,
+        };
+        upstream.report(index, !failed);
+        if connect_failed
+            && retry
+            && tried.len() < upstream.settings.retries as usize
+            && upstream.take_retry()
+        {
+            tracing::debug!(upstream = %upstream.name, target = %target, "connect failed; retrying on another target");
+            tried.push(index);
+            continue;
+        }
+        // The place under `max_requests` is held until the response body ends.
+        return result.map(|(resp, up)| {
+            (
+                resp.map(|b| {
+                    b.map_frame(move |f| {
+                        let _held = &admitted;
+                        f
+                    })
+                    .boxed()
+                }),
+                up,
+            )
+        });
     }
-    result
+}
+
+/// Copies bytes both ways between a client and an upstream that agreed to
+/// switch to WebSocket, until either side closes.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: Arc<str>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%route, error = %e, "websocket upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%route, error = %e, "websocket tunnel ended with an error");
+    }
 }
 
 /// Sorts a failed exchange into client-body-too-large or upstream failure.
-fn classify(e: BoxError, max_body: u64, target: &str) -> GatewayError {
+fn classify(e: BoxError, server: &crate::snapshot::ServerSettings, target: &str) -> GatewayError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
-            return GatewayError::BodyTooLarge(max_body);
+            return GatewayError::BodyTooLarge(server.max_body_bytes);
+        }
+        if err.is::<body::ReadTimeout>() {
+            return GatewayError::BodyTimeout(server.body_read_timeout);
         }
         source = err.source();
     }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+use crate::error::GatewayError;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual legacy ones).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -39,24 +41,120 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::TRANSFER_ENCODING);
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`, replacing what the client sent.
-pub fn set_forwarded(h: &mut HeaderMap, client: SocketAddr, authority: Option<&str>) {
+/// Sets `X-Forwarded-For/Proto/Host`. From a `trusted` peer (a
+/// `[server] trusted_proxies` entry) the client's values are kept and the
+/// peer is appended to `X-Forwarded-For`; from anyone else they are replaced,
+/// so a client cannot forge its address.
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    client: SocketAddr,
+    authority: Option<&str>,
+    tls: bool,
+    trusted: bool,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
-    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+    let ip = client.ip().to_string();
+    let chain = trusted
+        .then(|| {
+            let prior: Vec<&str> = h
+                .get_all(&xff)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!prior.is_empty()).then(|| format!("{}, {ip}", prior.join(", ")))
+        })
+        .flatten()
+        .unwrap_or(ip);
+    if let Ok(v) = HeaderValue::from_str(&chain) {
         h.insert(xff, v);
     }
-    h.insert(xfp, HeaderValue::from_static("http"));
-    match authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        Some(v) => {
-            h.insert(xfh, v.clone());
-            // HTTP/2 clients send `:authority`, not `Host`; upstreams expect `Host`.
-            h.entry(header::HOST).or_insert(v);
+    if !(trusted && h.contains_key(&xfp)) {
+        h.insert(
+            xfp,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+    }
+    let host = authority.and_then(|a| HeaderValue::from_str(a).ok());
+    if let Some(v) = &host {
+        // HTTP/2 clients send `:authority`, not `Host`; upstreams expect `Host`.
+        h.entry(header::HOST).or_insert(v.clone());
+    }
+    if !(trusted && h.contains_key(&xfh)) {
+        match host {
+            Some(v) => {
+                h.insert(xfh, v);
+            }
+            None => {
+                h.remove(xfh);
+            }
         }
-        None => {
-            h.remove(xfh);
-        }
+    }
+}
+
+/// Refuses requests whose body length is ambiguous, the root of request
+/// smuggling: `Content-Length` together with `Transfer-Encoding`, more than
+/// one `Content-Length`, or a transfer coding other than plain `chunked`.
+pub fn check_framing(h: &HeaderMap) -> Result<(), GatewayError> {
+    let te = h.get_all(header::TRANSFER_ENCODING);
+    let has_te = te.iter().next().is_some();
+    if has_te && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(GatewayError::BadFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(GatewayError::BadFraming("more than one Content-Length"));
+    }
+    let mut codings = te
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii());
+    if has_te
+        && !(codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none())
+    {
+        return Err(GatewayError::BadFraming(
+            "Transfer-Encoding other than `chunked`",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `req` asks for a WebSocket upgrade (the only upgrade passed
+/// through; `Upgrade: h2c` and others are dropped as hop-by-hop).
+pub fn websocket_upgrade(req: &http::request::Parts) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        h_tokens(&req.headers, name).any(|t| t.eq_ignore_ascii_case(token))
+    };
+    req.method == http::Method::GET
+        && req.version == http::Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
+fn h_tokens(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    h.get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+}
+
+/// Drops header names containing `_`: some servers treat `X_User` as
+/// `X-User`, which would let a client slip past a plugin that removes `X-User`.
+pub fn drop_underscore_names(h: &mut HeaderMap) {
+    let odd: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in odd {
+        tracing::debug!(header = %n, "dropped a header name with an underscore");
+        h.remove(n);
     }
 }
 

@@ -435,10 +435,7 @@ impl Drop for ConnectionGuard {
 
 /// How a target is named in labels and logs.
 pub fn target_label(t: &Target) -> String {
-    match t {
-        Target::Echo => "builtin:echo".into(),
-        Target::Http(a) => a.to_string(),
-    }
+    t.to_string()
 }
 
 /// A route's metric handles.
