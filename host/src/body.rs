@@ -26,6 +26,12 @@ pub fn empty() -> Body {
 #[error("no request body data for {0:?}")]
 pub struct ReadTimeout(pub std::time::Duration);
 
+/// The client's body could not be read (bad chunk, early end, size cap):
+/// the client's fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body: {0}")]
+pub struct ClientBody(#[source] pub BoxError);
+
 pin_project_lite::pin_project! {
     /// A body that fails with [`ReadTimeout`] when no frame arrives for `limit`:
     /// a client cannot hold an upstream exchange open by trickling its body.
@@ -67,13 +73,52 @@ where
             Poll::Ready(frame) => {
                 let deadline = tokio::time::Instant::now() + *this.limit;
                 this.timer.reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(
+                    frame.map(|f| f.map_err(|e| Box::new(ClientBody(e.into())) as BoxError)),
+                )
             }
             Poll::Pending => match this.timer.poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout(*this.limit))))),
                 Poll::Pending => Poll::Pending,
             },
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that keeps `guard` alive until it is dropped (e.g. a place
+    /// under an upstream's concurrency limit), forwarding everything else.
+    pub struct Hold<B, G> {
+        #[pin]
+        inner: B,
+        guard: G,
+    }
+}
+
+impl<B, G> Hold<B, G> {
+    /// Wraps `inner`, holding `guard`.
+    pub fn new(inner: B, guard: G) -> Self {
+        Hold { inner, guard }
+    }
+}
+
+impl<B: http_body::Body, G> http_body::Body for Hold<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

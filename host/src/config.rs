@@ -147,6 +147,9 @@ pub struct Server {
     /// `allow_underscore_headers`: keep header names with `_` (dropped by default).
     #[serde(default)]
     pub allow_underscore_headers: bool,
+    /// `allow_encoded_slashes`: pass `%2F`/`%5C` in paths on (refused with 400 by default).
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
 }
 
 impl Default for Server {
@@ -164,6 +167,7 @@ impl Default for Server {
             shutdown_timeout: default_shutdown_timeout(),
             trusted_proxies: Vec::new(),
             allow_underscore_headers: false,
+            allow_encoded_slashes: false,
         }
     }
 }

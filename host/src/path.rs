@@ -14,6 +14,9 @@ pub enum PathError {
     /// A byte that may not appear in a path (control characters, space...).
     #[error("invalid character in path")]
     BadChar,
+    /// `%2F` or `%5C`: an origin that decodes them would see another path than the router did.
+    #[error("encoded slash in path (set `[server] allow_encoded_slashes = true` to pass it on)")]
+    EncodedSlash,
 }
 
 /// Normalises an origin-form path (no query):
@@ -97,6 +100,11 @@ fn hex_val(c: u8) -> Option<u8> {
 
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether a normalised path holds an encoded `/` or `\\`.
+pub fn has_encoded_slash(normalised: &str) -> bool {
+    normalised.contains("%2F") || normalised.contains("%5C")
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Connections {
     slots: Arc<Semaphore>,
+    open: AtomicUsize,
     max: usize,
     phase: watch::Sender<Phase>,
 }
@@ -56,6 +57,7 @@ impl Connections {
     pub fn new(max: usize) -> Arc<Connections> {
         Arc::new(Connections {
             slots: Arc::new(Semaphore::new(max)),
+            open: AtomicUsize::new(0),
             max,
             phase: watch::channel(Phase::Serving).0,
         })
@@ -63,7 +65,7 @@ impl Connections {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.max - self.slots.available_permits()
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Stops accepting and asks every connection to finish; waits up to
@@ -142,6 +144,8 @@ pub async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = current.load().metrics.connection();
+    conns.open.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(&conns.open);
     let settings = current.load().server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -213,8 +217,16 @@ pub async fn serve_connection<I>(
     }
 }
 
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn changed_possible(phase: &watch::Receiver<Phase>) -> bool {
-    !matches!(phase.has_changed(), Err(_))
+    phase.has_changed().is_ok()
 }
 
 /// Requests in flight on one connection, and when it last had none.

@@ -51,6 +51,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Keep header names containing `_`.
     pub allow_underscore_headers: bool,
+    /// Pass `%2F`/`%5C` in paths on.
+    pub allow_encoded_slashes: bool,
 }
 
 /// A route, resolved.
@@ -239,6 +241,7 @@ impl Snapshot {
             shutdown_timeout: doc.server.shutdown_timeout.0,
             trusted_proxies,
             allow_underscore_headers: doc.server.allow_underscore_headers,
+            allow_encoded_slashes: doc.server.allow_encoded_slashes,
         };
 
         // Upstreams.

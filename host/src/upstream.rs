@@ -233,7 +233,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 /// Most retries the budget can hold (also its initial balance).
-const RETRY_BUDGET_CAP: i64 = 10_000;
+const RETRY_BUDGET_CAP: i64 = 10;
 
 impl Upstream {
     /// A new upstream with its own connection pool. With active health checks

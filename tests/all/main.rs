@@ -5,6 +5,7 @@
 mod audit;
 mod chain;
 mod config_errors;
+mod hardening;
 mod hot_swap;
 mod observability;
 mod plugins;
@@ -12,3 +13,4 @@ mod proxying;
 mod routing;
 mod sandbox;
 mod support;
+mod upstreams;

@@ -147,8 +147,16 @@ config = {{ keys = [{{ key = "s3cret", consumer = "ops" }}] }}
         "/admin/users/list",
         "the upstream sees the normalised path"
     );
-    // An encoded slash is data, not a separator: it does not open /admin.
-    let r = gw.get("/public%2F..%2Fadmin").await;
-    assert_eq!(r.status, 200);
-    assert_eq!(up.last().uri, "/public%2F..%2Fadmin");
+    // An encoded slash never reaches an origin that might decode it into `/admin`.
+    let before = up.seen().len();
+    for path in [
+        "/public%2F..%2Fadmin",
+        "/admin%2fusers",
+        "/public%5C..%5Cadmin",
+    ] {
+        let r = gw.get(path).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert!(r.body.contains("encoded slash"), "{path}: {}", r.body);
+    }
+    assert_eq!(up.seen().len(), before);
 }

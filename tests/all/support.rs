@@ -27,6 +27,7 @@ pub struct Seen {
     pub method: Method,
     /// Path and query as received.
     pub uri: String,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -44,65 +45,68 @@ impl Seen {
     }
 }
 
-/// A real HTTP/1.1 origin that records every request and answers
-/// `200 upstream <name>`; paths starting with `/slow` wait 2 s first.
+/// A real origin (HTTP/1.1 and h2c on one port) that records every request
+/// and answers `200 upstream <name>`. Paths starting with `/slow` wait 2 s
+/// first; `/healthz` answers 200 or 503 as [`Upstream::set_healthy`] says;
+/// `/ws` with a WebSocket handshake becomes a WebSocket echo.
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
     pub async fn start(name: &'static str) -> Upstream {
+        Self::start_with(name, Duration::ZERO).await
+    }
+
+    /// Like [`Upstream::start`], answering every request after `delay`.
+    pub async fn start_with(name: &'static str, delay: Duration) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let log = seen.clone();
-        tokio::spawn(async move {
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (log, health, conns) = (seen.clone(), healthy.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let log = log.clone();
-                tokio::spawn(async move {
+                let (log, health) = (log.clone(), health.clone());
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let uri = parts
-                                .uri
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default();
-                            if uri.starts_with("/slow") {
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                            }
-                            log.lock().unwrap().push(Seen {
-                                method: parts.method,
-                                uri,
-                                headers: parts.headers,
-                                body,
-                            });
-                            let mut resp =
-                                Response::new(Full::new(Bytes::from(format!("upstream {name}"))));
-                            resp.headers_mut()
-                                .insert("x-upstream", name.parse().unwrap());
-                            resp.headers_mut()
-                                .insert("server", "test-origin".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
+                        let (log, health) = (log.clone(), health.clone());
+                        async move { Ok::<_, Infallible>(origin(name, delay, req, log, health).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
+                conns.lock().unwrap().push(conn.abort_handle());
             }
         });
-        Upstream { addr, seen }
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Upstream {
+            addr,
+            seen,
+            healthy,
+            tasks,
+        }
+    }
+
+    /// What `/healthz` answers from now on: 200 or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy
+            .store(healthy, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Kills the origin: the listener closes and open connections drop.
+    pub fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
     }
 
     pub fn url(&self) -> String {
@@ -118,6 +122,86 @@ impl Upstream {
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("the upstream received no request")
     }
+}
+
+async fn origin(
+    name: &'static str,
+    delay: Duration,
+    mut req: Request<Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/healthz" {
+        let ok = healthy.load(std::sync::atomic::Ordering::Relaxed);
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"health")));
+        *resp.status_mut() = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return resp;
+    }
+    let websocket = req.uri().path() == "/ws"
+        && req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    if uri.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(delay).await;
+    let key = parts.headers.get("sec-websocket-key").cloned();
+    log.lock().unwrap().push(Seen {
+        method: parts.method,
+        uri,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    });
+    if let (Some(upgrade), Some(key)) = (upgrade, key) {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        tokio::spawn(async move {
+            let Ok(io) = upgrade.await else { return };
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(io),
+                Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() || msg.is_binary() {
+                    let _ = ws.send(msg).await;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(format!("upstream {name}"))));
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("server", "test-origin".parse().unwrap());
+    resp
 }
 
 /// Everything the gateways of this test binary logged (info and above), as text.

@@ -145,6 +145,9 @@ async fn proxy(
 
     // 2. normalise
     let path = crate::path::normalise(parts.uri.path())?;
+    if !server.allow_encoded_slashes && crate::path::has_encoded_slash(&path) {
+        return Err(crate::path::PathError::EncodedSlash.into());
+    }
     log.path = Some(path.clone());
 
     // 3. route
@@ -421,9 +424,11 @@ async fn forward(
             Err(e) => e.blame() == crate::error::Blame::Upstream,
         };
         upstream.report(index, !failed);
+        // Retries go to another target: one that refused a connection just now would again.
         if connect_failed
             && retry
             && tried.len() < upstream.settings.retries as usize
+            && tried.len() + 1 < upstream.endpoints().len()
             && upstream.take_retry()
         {
             tracing::debug!(upstream = %upstream.name, target = %target, "connect failed; retrying on another target");
@@ -431,18 +436,7 @@ async fn forward(
             continue;
         }
         // The place under `max_requests` is held until the response body ends.
-        return result.map(|(resp, up)| {
-            (
-                resp.map(|b| {
-                    b.map_frame(move |f| {
-                        let _held = &admitted;
-                        f
-                    })
-                    .boxed()
-                }),
-                up,
-            )
-        });
+        return result.map(|(resp, up)| (resp.map(|b| body::Hold::new(b, admitted).boxed()), up));
     }
 }
 
@@ -469,17 +463,28 @@ async fn splice(
 
 /// Sorts a failed exchange into client-body-too-large or upstream failure.
 fn classify(e: BoxError, server: &crate::snapshot::ServerSettings, target: &str) -> GatewayError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return GatewayError::BodyTooLarge(server.max_body_bytes);
-        }
-        if err.is::<body::ReadTimeout>() {
-            return GatewayError::BodyTimeout(server.body_read_timeout);
-        }
-        source = err.source();
+    let err: &(dyn std::error::Error + 'static) = e.as_ref();
+    if has::<http_body_util::LengthLimitError>(err) {
+        GatewayError::BodyTooLarge(server.max_body_bytes)
+    } else if has::<body::ReadTimeout>(err) {
+        GatewayError::BodyTimeout(server.body_read_timeout)
+    } else if has::<body::ClientBody>(err) {
+        GatewayError::BadFraming("the request body is malformed or ended early")
+    } else {
+        GatewayError::UpstreamUnavailable(format!("{target}: {}", error_chain(err)))
     }
-    GatewayError::UpstreamUnavailable(format!("{target}: {}", error_chain(e.as_ref())))
+}
+
+/// Whether `E` is anywhere in the source chain of `err`.
+fn has<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<E>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -104,8 +104,14 @@ pub fn check_framing(h: &HeaderMap) -> Result<(), GatewayError> {
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(GatewayError::BadFraming("more than one Content-Length"));
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(cl) = lengths.next() {
+        if lengths.next().is_some() {
+            return Err(GatewayError::BadFraming("more than one Content-Length"));
+        }
+        if cl.is_empty() || !cl.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Err(GatewayError::BadFraming("Content-Length is not a number"));
+        }
     }
     let mut codings = te
         .iter()

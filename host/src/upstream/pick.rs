@@ -66,7 +66,14 @@ impl Picker {
                 let n = self.schedule.len();
                 for _ in 0..4 {
                     let a = self.schedule[fastrand::usize(..n)];
-                    let b = self.schedule[fastrand::usize(..n)];
+                    // Two distinct targets, or with two targets half the draws compare nothing.
+                    let mut b = self.schedule[fastrand::usize(..n)];
+                    for _ in 0..8 {
+                        if b != a {
+                            break;
+                        }
+                        b = self.schedule[fastrand::usize(..n)];
+                    }
                     match (usable(a), usable(b)) {
                         (true, true) => {
                             let load = |i: usize| {
