@@ -305,6 +305,19 @@ fn routes(snap: &Snapshot) -> Value {
                 })
                 .collect();
             let targets: Vec<String> = route.upstream.targets().iter().map(target_label).collect();
+            let up = &route.upstream;
+            let health: Vec<Value> = (0..up.endpoints().len())
+                .map(|i| {
+                    let ep = &up.endpoints()[i];
+                    json!({
+                        "target": target_label(&ep.target),
+                        "weight": ep.weight,
+                        "healthy": ep.healthy(),
+                        "ejected": up.ejected(i),
+                        "in_flight": ep.in_flight(),
+                    })
+                })
+                .collect();
             json!({
                 "id": &*route.id,
                 "host": host.unwrap_or(Value::Null),
@@ -312,6 +325,7 @@ fn routes(snap: &Snapshot) -> Value {
                 "methods": methods,
                 "upstream": route.upstream.name,
                 "targets": targets,
+                "target_state": health,
                 "plugins": plugins,
             })
         })

@@ -159,7 +159,15 @@ pub async fn serve_connection<I>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        // Bounds against HTTP/2 floods: streams per connection, and resets
+        // (rapid reset, CVE-2023-44487) before the connection is closed.
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        // Peers that vanish without closing are found and dropped.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
 
     let activity = Arc::new(Activity::default());
     let service = {

@@ -204,6 +204,11 @@ impl Endpoint {
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    /// Exchanges in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
 }
 
 /// A resolved upstream.
@@ -402,6 +407,11 @@ impl Upstream {
     pub fn available(&self, i: usize, now_ms: u64) -> bool {
         let ep = &self.endpoints[i];
         ep.healthy() && ep.ejected_until.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Whether passive ejection is skipping target `i` now.
+    pub fn ejected(&self, i: usize) -> bool {
+        self.endpoints[i].ejected_until.load(Ordering::Relaxed) > self.now_ms()
     }
 
     fn now_ms(&self) -> u64 {

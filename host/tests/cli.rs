@@ -238,3 +238,65 @@ upstream = "builtin:echo"
     );
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits() {
+    use std::io::{Read, Write};
+    // An origin that takes 1.5 s to answer its one request.
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = origin.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+    });
+    let dir = tempfile_dir().join("sigterm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("gateway.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nshutdown_timeout = \"10s\"\n\n[[routes]]\nid = \"slow\"\nupstream = \"http://{origin_addr}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = weir()
+        .args(["run", "--no-watch", "--log-format", "json"])
+        .arg(&manifest)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let pid = child.id();
+    let mut running = Running(child);
+    let proxy = wait_for(&rx, "weir is listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let in_flight = {
+        let proxy = proxy.clone();
+        std::thread::spawn(move || http_get(&proxy, "/slow"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let draining = wait_for(&rx, "shutting down: draining in-flight requests");
+    assert_eq!(draining["open_connections"], 1, "{draining}");
+    let answer = in_flight.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slow"), "{answer}");
+    wait_for(&rx, "drained");
+    let status = running.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(&proxy).is_err(),
+        "the listener is closed"
+    );
+}

@@ -121,6 +121,9 @@ interval = "50ms"
 timeout = "500ms"
 healthy_threshold = 2
 unhealthy_threshold = 2
+
+[admin]
+listen = "127.0.0.1:0"
 {}"#,
         a.url(),
         b.url(),
@@ -138,6 +141,13 @@ unhealthy_threshold = 2
     for _ in 0..10 {
         assert_eq!(who(&gw, "/", &[]).await, "b");
     }
+    let routes = crate::support::get_url(&gw.admin_url("/routes"))
+        .await
+        .json();
+    let state = &routes[0]["target_state"];
+    assert_eq!(state[0]["target"], addr.as_str());
+    assert_eq!(state[0]["healthy"], false, "{state}");
+    assert_eq!(state[1]["healthy"], true, "{state}");
     a.set_healthy(true);
     eventually(Duration::from_secs(5), "a back in rotation", || async {
         who(&gw, "/", &[]).await == "a"
