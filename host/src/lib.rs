@@ -10,7 +10,7 @@
 //!                                                              │
 //!        ┌───────────── snapshot (ArcSwap, immutable) ◀────────┘
 //!        ▼
-//!  plugin chain: on-request 1..n ──(respond? skip ahead)──▶ upstream (pooled, round robin)
+//!  plugin chain: on-request 1..n ──(respond? skip ahead)──▶ upstream (balanced, health-checked)
 //!        ▲                                                      │
 //!  client ◀── on-response n..1 ◀────────────────────────────────┘
 //! ```

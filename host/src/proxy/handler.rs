@@ -1,12 +1,16 @@
 //! One request through the gateway, phase by phase:
 //!
-//! 1. **limits**: a declared body over `max_body_bytes` is refused (413);
+//! 1. **limits**: URI length (414), ambiguous framing (400), a declared body
+//!    over `max_body_bytes` (413);
 //! 2. **normalise** the path once; every later phase sees that path (400 if malformed);
 //! 3. **route** by host, path and method (404/405);
-//! 4. **request chain**: hop-by-hop headers go, then each plugin's
-//!    `on-request` in order; a `respond` skips the rest and the upstream;
-//! 5. **upstream**: forwarding headers set, the body streamed through
-//!    (capped), a target picked round robin (502/504 on failure);
+//! 4. **request chain**: hop-by-hop and underscore headers go and forwarding
+//!    headers are set, then each plugin's `on-request` in order; a `respond`
+//!    skips the rest and the upstream;
+//! 5. **upstream**: admission (`max_requests`, 503), a target picked by the
+//!    upstream's balancing, the body streamed through (capped, timed),
+//!    retries of connect failures on another target (502/504 on failure); a
+//!    WebSocket upgrade the upstream accepts becomes a tunnel;
 //! 6. **response chain**: `on-response` of every plugin that ran, in reverse,
 //!    also for early replies;
 //! 7. **log and metrics**: one `weir::access` record; route, upstream and
