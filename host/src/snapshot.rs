@@ -267,7 +267,7 @@ impl Snapshot {
             let Some(settings) = upstream_settings(&mut l, name, u, &targets) else {
                 continue;
             };
-            let up = Upstream::new(name.get_ref().to_string(), targets, settings);
+            let up = reuse_or_new(previous, name.get_ref().as_str(), targets, settings);
             upstreams.insert(name.get_ref().to_string(), up);
         }
 
@@ -358,7 +358,7 @@ impl Snapshot {
                 continue;
             }
             seen.insert(id, r.id.span());
-            let Some(resolved) = resolve_route(&mut l, r, &upstreams) else {
+            let Some(resolved) = resolve_route(&mut l, r, &upstreams, previous) else {
                 continue;
             };
             let (rule, upstream) = resolved;
@@ -457,6 +457,7 @@ fn resolve_route(
     l: &mut Loader<'_>,
     r: &config::Route,
     upstreams: &HashMap<String, Arc<Upstream>>,
+    previous: Option<&Snapshot>,
 ) -> Option<(Rule, Arc<Upstream>)> {
     let id = r.id.get_ref().as_str();
     let path = match (&r.path, &r.prefix) {
@@ -525,7 +526,7 @@ fn resolve_route(
                         }
                     }
                 }
-                Upstream::new(up.clone(), vec![(t, 1)], settings)
+                reuse_or_new(previous, up, vec![(t, 1)], settings)
             }
             Err(e) => return l.err(r.upstream.span(), format!("route `{id}`: {e}"), None),
         }
@@ -636,8 +637,18 @@ fn upstream_settings(
         );
     }
     let mut tls = None;
+    let mut roots = None;
     if https || u.ca.is_some() {
         let ca = u.ca.as_ref().map(|c| l.m.base_dir().join(c.get_ref()));
+        roots = Some(match &ca {
+            Some(path) => format!(
+                "ca:{}",
+                std::fs::read(path)
+                    .map(|b| crate::plugin::sha256_hex(&b))
+                    .unwrap_or_default()
+            ),
+            None => "system".into(),
+        });
         let span = u.ca.as_ref().map_or(name.span(), |c| c.span());
         match upstream::load_roots(ca.as_deref())
             .and_then(|r| upstream::client_config(r).map_err(|e| e.to_string()))
@@ -692,10 +703,32 @@ fn upstream_settings(
         max_requests: u.max_requests.max(1),
         h2c: u.protocol == config::UpstreamProtocol::H2c,
         tls,
+        roots,
         health,
         passive: upstream::Passive {
             consecutive_failures: u.passive.consecutive_failures,
             ejection: u.passive.ejection.0,
         },
     })
+}
+
+/// The previous snapshot's upstream of this name if nothing about it changed
+/// (targets, settings, trusted CAs), so its connection pool, health state and
+/// ejections survive a reload; otherwise a new one.
+fn reuse_or_new(
+    previous: Option<&Snapshot>,
+    name: &str,
+    targets: Vec<(Target, u32)>,
+    settings: upstream::Settings,
+) -> Arc<Upstream> {
+    let fingerprint = upstream::fingerprint(&targets, &settings);
+    previous
+        .and_then(|p| {
+            p.routes
+                .iter()
+                .map(|r| &r.upstream)
+                .find(|u| u.name == name && u.fingerprint() == fingerprint)
+                .cloned()
+        })
+        .unwrap_or_else(|| Upstream::new(name.to_string(), targets, settings))
 }

@@ -150,6 +150,8 @@ pub struct Settings {
     pub h2c: bool,
     /// TLS settings for `https://` targets (roots to trust).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where `tls` trusts come from (`system`, `ca:<sha256>`), to tell configs apart.
+    pub roots: Option<String>,
     /// Active health checks.
     pub health: Option<HealthCheck>,
     /// Passive ejection.
@@ -168,6 +170,7 @@ impl Default for Settings {
             max_requests: 1024,
             h2c: false,
             tls: None,
+            roots: None,
             health: None,
             passive: Passive {
                 consecutive_failures: 5,
@@ -224,6 +227,7 @@ pub struct Upstream {
     /// Retry budget, in thousandths of a retry.
     retry_milli: AtomicI64,
     epoch: Instant,
+    fingerprint: String,
     /// The pooled client.
     pub client: HttpClient,
 }
@@ -281,6 +285,7 @@ impl Upstream {
             })
             .collect();
         let picker = pick::Picker::new(&endpoints, &settings.balance);
+        let fingerprint = fingerprint(&targets, &settings);
         let up = Arc::new(Upstream {
             name,
             targets: targets.into_iter().map(|(t, _)| t).collect(),
@@ -289,6 +294,7 @@ impl Upstream {
             in_flight: AtomicUsize::new(0),
             retry_milli: AtomicI64::new(RETRY_BUDGET_CAP * 1000),
             epoch: Instant::now(),
+            fingerprint,
             client,
             settings,
         });
@@ -298,6 +304,11 @@ impl Upstream {
             tokio::spawn(health::run(Arc::downgrade(&up), check));
         }
         up
+    }
+
+    /// What it was built from; equal fingerprints mean interchangeable upstreams.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// All targets, in manifest order.
@@ -436,6 +447,15 @@ impl Drop for Admitted {
                 .fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A summary of everything an upstream is built from (the TLS config by its `roots`).
+pub fn fingerprint(targets: &[(Target, u32)], settings: &Settings) -> String {
+    let without_tls = Settings {
+        tls: None,
+        ..settings.clone()
+    };
+    format!("{targets:?} {without_tls:?}")
 }
 
 /// A TLS client config trusting nothing, for upstreams without `https://` targets.

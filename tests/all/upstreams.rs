@@ -332,3 +332,38 @@ async fn upgrade_h2c_from_a_client_is_not_forwarded() {
     assert_eq!(seen.header("http2-settings"), None);
     assert_eq!(seen.version, http::Version::HTTP_11);
 }
+
+#[tokio::test]
+async fn a_reload_that_leaves_an_upstream_alone_keeps_its_health_state() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let manifest = |extra: &str| {
+        format!(
+            r#"[upstreams.keep]
+targets = ["{}", "{}"]
+[upstreams.keep.health]
+path = "/healthz"
+interval = "300ms"
+unhealthy_threshold = 1
+{}{extra}"#,
+            a.url(),
+            b.url(),
+            route("keep")
+        )
+    };
+    let gw = TestGateway::start(&manifest("")).await;
+    a.set_healthy(false);
+    eventually(Duration::from_secs(5), "a taken out", || async {
+        who(&gw, "/", &[]).await == "b" && who(&gw, "/", &[]).await == "b"
+    })
+    .await;
+    // An unrelated change: the upstream's pool and what its checks learned stay.
+    gw.rewrite(&manifest(
+        "\n[[routes]]\nid = \"other\"\nprefix = \"/other\"\nupstream = \"builtin:echo\"\n",
+    ));
+    gw.gateway.reload().await.unwrap();
+    // A new upstream would start with both targets healthy for one interval.
+    assert_eq!(gw.get("/other").await.status, 200, "the reload applied");
+    for _ in 0..6 {
+        assert_eq!(who(&gw, "/", &[]).await, "b");
+    }
+}

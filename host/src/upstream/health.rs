@@ -28,7 +28,9 @@ pub struct HealthCheck {
 
 /// Checks the upstream's targets until it is dropped (a reload replaced it).
 pub(super) async fn run(upstream: Weak<Upstream>, check: HealthCheck) {
-    let mut ticks = tokio::time::interval(check.interval);
+    // New targets start healthy; the first round comes one interval in.
+    let start = tokio::time::Instant::now() + check.interval;
+    let mut ticks = tokio::time::interval_at(start, check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -61,7 +63,17 @@ async fn probe(up: &Upstream, i: usize, check: &HealthCheck) -> Result<(), Strin
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(check.timeout, up.client.request(req)).await {
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => {
+            // hyper-util's own message is terse ("client error (Connect)"): add the causes.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(": ");
+                why.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            Err(why)
+        }
         Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
         Ok(Ok(resp)) => Err(format!("status {}", resp.status().as_u16())),
     }
