@@ -184,7 +184,17 @@ async fn proxy(
     // 4. request chain: edge rules first, so plugins see (and may change) what the upstream gets
     let upgrade = edge::websocket_upgrade(&parts)
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    // `TE: trailers` is the one TE value passed on: gRPC needs it end to end.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !server.allow_underscore_headers {
         edge::drop_underscore_names(&mut parts.headers);
     }
