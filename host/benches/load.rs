@@ -1,0 +1,85 @@
+//! What a start or reload costs, and instantiation alone:
+//!
+//! - `load/check_quickstart`: the quickstart manifest parsed and resolved,
+//!   its four plugins read, hashed, compiled and pre-linked, and each route's
+//!   first instance created (what `weir check` and a cold start do);
+//! - `load/compile/NAME`: one bundled plugin read, compiled and pre-linked;
+//! - `instantiate/headers`: a fresh instance plus its `init` call (config
+//!   parse), without any hook: the fixed cost of `isolation = "request"`.
+//!
+//! `cargo bench -p weir --bench load` (the plugins are built by host/build.rs).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use weir::config::Isolation;
+use weir::plugin::{ChainPlugin, PluginUse, Runtime};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn wasm(stem: &str) -> PathBuf {
+    root().join(format!("target/plugins/wasm32-wasip2/plugin/{stem}.wasm"))
+}
+
+const HEADERS: &str = r#"{"request":{"set":{"x-route":"${route_id}"}}}"#;
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = Runtime::global();
+
+    let mut g = c.benchmark_group("load");
+    g.sample_size(10);
+    let manifest = root().join("examples/quickstart/gateway.toml");
+    g.bench_function("check_quickstart", |b| {
+        b.iter(|| {
+            rt.block_on(weir::check(&manifest))
+                .unwrap_or_else(|e| panic!("{e} (build the plugins first)"))
+        })
+    });
+    for stem in ["key_auth", "jwt_auth", "headers", "rate_limit"] {
+        g.bench_function(format!("compile/{stem}"), |b| {
+            b.iter(|| {
+                runtime
+                    .load(stem, &wasm(stem), &Default::default())
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+
+    let loaded = Arc::new(
+        runtime
+            .load("headers", &wasm("headers"), &Default::default())
+            .unwrap(),
+    );
+    let metrics = weir::telemetry::metrics::Metrics::new();
+    let mut g = c.benchmark_group("instantiate");
+    g.bench_function("headers", |b| {
+        b.to_async(&rt).iter(|| async {
+            ChainPlugin::new(
+                runtime.clone(),
+                loaded.clone(),
+                "bench".into(),
+                PluginUse {
+                    config_json: HEADERS.into(),
+                    isolation: Isolation::Request,
+                    policy: Default::default(),
+                    fail: Default::default(),
+                },
+                metrics.plugin("headers", "bench"),
+            )
+            .await
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(load, benches);
+criterion_main!(load);
