@@ -53,12 +53,20 @@ impl Runtime {
     }
 
     fn new() -> wasmtime::Result<Runtime> {
+        // Live instances at once, all plugins together; each slot reserves a
+        // linear memory's address space. `WEIR_POOL_SLOTS` sizes it for
+        // tight address-space limits (valgrind runs with 4).
+        let slots: u32 = std::env::var("WEIR_POOL_SLOTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(2000);
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(2000)
-            .total_core_instances(8000)
-            .total_memories(2000)
-            .total_tables(8000)
-            .total_stacks(2000)
+        pool.total_component_instances(slots)
+            .total_core_instances(4 * slots)
+            .total_memories(slots)
+            .total_tables(4 * slots)
+            .total_stacks(slots)
             // Each plugin's own `max_memory` is enforced by its store's limiter.
             .max_memory_size(limits::MAX_MEMORY_CEILING)
             // Keeping the first pages resident makes fresh instances cheaper.
@@ -72,7 +80,21 @@ impl Runtime {
             .max_wasm_stack(512 << 10)
             .async_stack_size(1 << 20)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config)?;
+        // The pool reserves terabytes of address space up front; where that is
+        // refused (`ulimit -v`, valgrind) plugins still run, allocated on demand.
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(error = %e, slots, "cannot reserve the instance pool; allocating plugin instances on demand (slower; set WEIR_POOL_SLOTS lower to keep the pool)");
+                config
+                    .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+                    // No 4 GiB reservation per memory: explicit bounds checks instead.
+                    .memory_reservation(0)
+                    .memory_guard_size(64 << 10)
+                    .memory_reservation_for_growth(1 << 20);
+                Engine::new(&config)?
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;

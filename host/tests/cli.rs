@@ -300,3 +300,25 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         "the listener is closed"
     );
 }
+
+#[test]
+fn plugins_still_load_when_the_instance_pool_cannot_be_reserved() {
+    // 6 GB of address space: far less than the pool's reservation.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 6000000 && exec '{}' check '{}'",
+            env!("CARGO_BIN_EXE_weir"),
+            repo("examples/quickstart/gateway.toml").display()
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("ok (3 routes, 4 plugins"), "{stdout}");
+    assert!(
+        stderr.contains("cannot reserve the instance pool; allocating plugin instances on demand"),
+        "{stderr}"
+    );
+}
