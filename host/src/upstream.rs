@@ -188,6 +188,8 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 pub struct Endpoint {
     /// Where it is.
     pub target: Target,
+    /// `http[s]://host:port`, built once.
+    pub base_url: String,
     /// Its share relative to the others.
     pub weight: u32,
     /// `false` while active health checks say it is down.
@@ -276,6 +278,7 @@ impl Upstream {
             .iter()
             .map(|(t, w)| Endpoint {
                 target: t.clone(),
+                base_url: t.base_url(),
                 weight: (*w).max(1),
                 healthy: AtomicBool::new(true),
                 ejected_until: AtomicU64::new(0),

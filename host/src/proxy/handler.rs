@@ -377,16 +377,16 @@ async fn forward(
     let mut tried = Vec::new();
     loop {
         let index = upstream.pick(key, &tried);
-        let target = &upstream.endpoints()[index].target;
+        let endpoint = &upstream.endpoints()[index];
+        let target = &endpoint.target;
         upstream.begin(&mut admitted, index);
         let metrics = route.metrics.target(index);
         if let Some(m) = metrics {
             log.upstream = Some(m.label.clone());
         }
-        let uri = match target {
-            Target::Echo => pq.clone(),
-            Target::Http { .. } => format!("{}{pq}", target.base_url()),
-        };
+        let mut uri = String::with_capacity(endpoint.base_url.len() + pq.len());
+        uri.push_str(&endpoint.base_url);
+        uri.push_str(&pq);
         let mut req = Request::builder()
             .method(state.method.clone())
             .uri(uri)

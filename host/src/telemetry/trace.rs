@@ -26,7 +26,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_request_id(v))
         .map(str::to_string)
-        .unwrap_or_else(|| format!("{:032x}", random_nonzero_u128()))
+        .unwrap_or_else(|| hex::encode(random_nonzero_u128().to_be_bytes()))
 }
 
 fn valid_request_id(v: &str) -> bool {
@@ -63,7 +63,8 @@ impl TraceContext {
     /// Continues the caller's trace, or starts one (sampled) when
     /// `traceparent` is absent or invalid.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let span_id = format!("{:016x}", random_nonzero_u64());
+        // hex::encode, not format!: this runs on every request.
+        let span_id = hex::encode(random_nonzero_u64().to_be_bytes());
         let parsed = headers
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -79,7 +80,7 @@ impl TraceContext {
                 state: headers.get(&TRACESTATE).cloned(),
             },
             None => TraceContext {
-                trace_id: format!("{:032x}", random_nonzero_u128()),
+                trace_id: hex::encode(random_nonzero_u128().to_be_bytes()),
                 parent_id: None,
                 span_id,
                 flags: "01".into(),
@@ -90,7 +91,14 @@ impl TraceContext {
 
     /// The `traceparent` value sent upstream: same trace, this hop's span.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        let mut v = String::with_capacity(55);
+        for part in ["00", &self.trace_id, &self.span_id, &self.flags] {
+            if !v.is_empty() {
+                v.push('-');
+            }
+            v.push_str(part);
+        }
+        v
     }
 
     /// Replaces the trace headers in `headers` with this hop's.
