@@ -12,3 +12,4 @@ mod proxying;
 mod routing;
 mod sandbox;
 mod support;
+mod tls;
