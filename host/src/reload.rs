@@ -188,7 +188,13 @@ impl Reloader {
                 files.insert(absolute(&m.base_dir().join(p.path.get_ref())));
             }
             // Certificate renewals (certbot, cert-manager) only touch these files.
-            for c in m.doc.server.tls.iter().flat_map(|t| &t.get_ref().certificates) {
+            for c in m
+                .doc
+                .server
+                .tls
+                .iter()
+                .flat_map(|t| &t.get_ref().certificates)
+            {
                 let c = c.get_ref();
                 files.insert(absolute(&m.base_dir().join(c.cert.get_ref())));
                 files.insert(absolute(&m.base_dir().join(c.key.get_ref())));

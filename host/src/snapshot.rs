@@ -786,9 +786,13 @@ fn resolve_tls(l: &mut Loader<'_>, t: &Spanned<config::Tls>) -> Option<TlsSettin
         let key = match tls::load_certified_key(&cert_path, &key_path) {
             Ok(k) => k,
             Err(e) => {
-                let span = if e.in_key() { c.key.span() } else { c.cert.span() };
+                let span = if e.in_key() {
+                    c.key.span()
+                } else {
+                    c.cert.span()
+                };
                 let help = e.help().to_string();
-                l.err::<()>(span, format!("TLS certificate: {e}"), Some(help));
+                l.err::<()>(span, e.to_string(), Some(help));
                 continue;
             }
         };
@@ -810,6 +814,10 @@ fn resolve_tls(l: &mut Loader<'_>, t: &Spanned<config::Tls>) -> Option<TlsSettin
             config: Arc::new(config),
             fingerprints,
         }),
-        Err(e) => l.err(t.span(), format!("TLS settings refused by rustls: {e}"), None),
+        Err(e) => l.err(
+            t.span(),
+            format!("TLS settings refused by rustls: {e}"),
+            None,
+        ),
     }
 }

@@ -453,9 +453,10 @@ impl TestCa {
     pub fn issue(&self, names: &[&str]) -> Issued {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Issued {
@@ -561,8 +562,8 @@ pub async fn tls_connect(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut config = ca.client_config(alpn);
     config.enable_sni = sni.is_some();
-    let name = rustls_pki_types::ServerName::try_from(sni.unwrap_or(verify_as).to_string())
-        .unwrap();
+    let name =
+        rustls_pki_types::ServerName::try_from(sni.unwrap_or(verify_as).to_string()).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
@@ -660,6 +661,8 @@ impl TlsUpstream {
 
     /// The last request received; panics if none.
     pub fn last(&self) -> Seen {
-        self.seen().pop().expect("the TLS upstream received no request")
+        self.seen()
+            .pop()
+            .expect("the TLS upstream received no request")
     }
 }

@@ -92,7 +92,15 @@ async fn h2_and_http1_through_tls_reach_the_upstream_marked_https() {
     assert_eq!(seen.uri, "/over-h2");
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 
-    let h1 = tls_get(addr, &ca, Some("b.test"), "b.test", &[b"http/1.1"], "/over-h1").await;
+    let h1 = tls_get(
+        addr,
+        &ca,
+        Some("b.test"),
+        "b.test",
+        &[b"http/1.1"],
+        "/over-h1",
+    )
+    .await;
     assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(h1.version, http::Version::HTTP_11);
     assert_eq!(h1.resp.body, "upstream tls-proto");
@@ -126,7 +134,10 @@ async fn a_client_that_never_says_hello_is_cut_off_at_the_handshake_timeout() {
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
         .await
         .expect("the gateway kept a silent connection open past its handshake timeout");
-    assert!(matches!(read, Ok(0) | Err(_)), "expected a close, got {read:?}");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected a close, got {read:?}"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(250),
@@ -154,9 +165,16 @@ async fn renewed_certificate_files_are_served_to_new_connections() {
     renewed.write(gw.dir(), "a");
     let ca = &ca;
     let want = &renewed.der;
-    eventually(Duration::from_secs(10), "the renewed certificate", || async move {
-        tls_get(addr, ca, Some("a.test"), "a.test", BOTH, "/").await.peer_cert == *want
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the renewed certificate",
+        || async move {
+            tls_get(addr, ca, Some("a.test"), "a.test", BOTH, "/")
+                .await
+                .peer_cert
+                == *want
+        },
+    )
     .await;
     assert!(open.get_ref().1.peer_certificates().unwrap()[0] == a.der);
     // b.test was not touched.
@@ -175,18 +193,27 @@ async fn a_broken_certificate_is_refused_on_reload_and_the_old_one_keeps_serving
     std::fs::write(&cert, &a.cert_pem[..40]).unwrap();
     let err = gw.gateway.reload().await.unwrap_err().to_string();
     assert!(
-        err.contains(&format!("`{}` holds no PEM certificate", cert.display())),
+        err.contains(&format!(
+            "TLS certificate `{}` holds no PEM certificate",
+            cert.display()
+        )),
         "{err}"
     );
-    assert!(logs().contains(&cert.display().to_string()), "no log line names the file");
+    assert!(
+        logs().contains(&cert.display().to_string()),
+        "no log line names the file"
+    );
     let still = tls_get(addr, &ca, Some("a.test"), "a.test", BOTH, "/").await;
-    assert!(still.peer_cert == a.der, "the old certificate must keep serving");
+    assert!(
+        still.peer_cert == a.der,
+        "the old certificate must keep serving"
+    );
 
     // A certificate with another certificate's key is refused too.
     std::fs::write(&cert, &a.cert_pem).unwrap();
     std::fs::write(gw.dir().join("a-key.pem"), &b.key_pem).unwrap();
     let err = gw.gateway.reload().await.unwrap_err().to_string();
-    assert!(err.contains("cannot be used with certificate"), "{err}");
+    assert!(err.contains("does not match certificate"), "{err}");
     let still = tls_get(addr, &ca, None, "a.test", BOTH, "/").await;
     assert!(still.peer_cert == a.der);
 }
@@ -233,5 +260,8 @@ async fn an_https_upstream_with_an_untrusted_certificate_gives_502() {
     .await;
     let r = gw.get("/").await;
     assert_eq!(r.status, 502, "{}", r.body);
-    assert!(origin.seen().is_empty(), "no request may reach an unverified origin");
+    assert!(
+        origin.seen().is_empty(),
+        "no request may reach an unverified origin"
+    );
 }

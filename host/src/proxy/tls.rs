@@ -27,7 +27,7 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// The certificate file cannot be read.
-    #[error("cannot read certificate `{}`: {source}", path.display())]
+    #[error("cannot read TLS certificate `{}`: {source}", path.display())]
     ReadCert {
         /// The file, resolved against the manifest's directory.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum CertError {
         source: std::io::Error,
     },
     /// The key file cannot be read.
-    #[error("cannot read key `{}`: {source}", path.display())]
+    #[error("cannot read TLS key `{}`: {source}", path.display())]
     ReadKey {
         /// The file, resolved against the manifest's directory.
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum CertError {
         source: std::io::Error,
     },
     /// The certificate file holds no usable `CERTIFICATE` block.
-    #[error("`{}` holds no PEM certificate{}", path.display(), detail(.reason))]
+    #[error("TLS certificate `{}` holds no PEM certificate{}", path.display(), detail(.reason))]
     NoCert {
         /// The file.
         path: PathBuf,
@@ -51,27 +51,36 @@ pub enum CertError {
         reason: Option<String>,
     },
     /// The key file holds no usable private key block.
-    #[error("`{}` holds no PEM private key{}", path.display(), detail(.reason))]
+    #[error("TLS key `{}` holds no PEM private key{}", path.display(), detail(.reason))]
     NoKey {
         /// The file.
         path: PathBuf,
         /// What the PEM parser said, if it failed rather than found nothing.
         reason: Option<String>,
     },
-    /// The key is of a kind rustls cannot sign with, or does not belong to the certificate.
-    #[error("key `{}` cannot be used with certificate `{}`: {reason}", key.display(), cert.display())]
-    Mismatch {
-        /// The certificate file.
-        cert: PathBuf,
+    /// The key is of a kind rustls cannot sign with.
+    #[error("TLS key `{}` cannot be used: {reason}", key.display())]
+    BadKey {
         /// The key file.
         key: PathBuf,
         /// What rustls said.
         reason: String,
     },
+    /// The key belongs to another certificate.
+    #[error("TLS key `{}` does not match certificate `{}`", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
 }
 
 fn detail(reason: &Option<String>) -> String {
-    reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    reason
+        .as_ref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default()
 }
 
 impl CertError {
@@ -80,7 +89,10 @@ impl CertError {
     pub fn in_key(&self) -> bool {
         matches!(
             self,
-            CertError::ReadKey { .. } | CertError::NoKey { .. } | CertError::Mismatch { .. }
+            CertError::ReadKey { .. }
+                | CertError::NoKey { .. }
+                | CertError::BadKey { .. }
+                | CertError::Mismatch { .. }
         )
     }
 
@@ -95,6 +107,9 @@ impl CertError {
             }
             CertError::NoKey { .. } => {
                 "`key` is a PEM private key: PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`)"
+            }
+            CertError::BadKey { .. } => {
+                "use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key"
             }
             CertError::Mismatch { .. } => {
                 "pair each certificate with its own key: `openssl x509 -noout -pubkey -in CERT` and `openssl pkey -pubout -in KEY` must print the same key"
@@ -138,14 +153,25 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             e => Some(e.to_string()),
         },
     })?;
-    // Loads the signing key and compares its public half with the leaf's.
-    CertifiedKey::from_der(chain, private, &provider())
-        .map(Arc::new)
-        .map_err(|e| CertError::Mismatch {
-            cert: cert.to_path_buf(),
+    let provider = provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| CertError::BadKey {
             key: key.to_path_buf(),
             reason: e.to_string(),
-        })
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    // Compares the key's public half with the leaf's; ring always knows it.
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(certified))
+        }
+        Err(_) => Err(CertError::Mismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }),
+    }
 }
 
 /// Picks a certificate by SNI: an exact name, then a `*.suffix` wildcard
