@@ -103,7 +103,9 @@ impl Starting {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (TLS): {e}"))?;
-            tls_addrs.push(proxy::bound(&listener)?);
+            let bound = proxy::bound(&listener)?;
+            tracing::info!(addr = %bound, "serving HTTPS (h2 and http/1.1 by ALPN)");
+            tls_addrs.push(bound);
             let current = reloader.current().clone();
             self.tasks.push(tokio::spawn(proxy::tls::serve(
                 listener,
