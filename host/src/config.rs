@@ -150,6 +150,8 @@ pub struct Server {
     /// `allow_encoded_slashes`: pass `%2F`/`%5C` in paths on (refused with 400 by default).
     #[serde(default)]
     pub allow_encoded_slashes: bool,
+    /// `[server.tls]`: HTTPS listeners and their certificates; none when absent.
+    pub tls: Option<Spanned<Tls>>,
 }
 
 impl Default for Server {
@@ -168,8 +170,43 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             allow_underscore_headers: false,
             allow_encoded_slashes: false,
+            tls: None,
         }
     }
+}
+
+/// `[server.tls]`: TLS termination. HTTP/2 and HTTP/1.1 are offered by ALPN.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// `listen`: addresses to serve HTTPS on (beside, not instead of, `[server] listen`).
+    pub listen: Vec<Spanned<String>>,
+    /// `handshake_timeout`: time a client has to complete the TLS handshake (default 10s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// `[[server.tls.certificates]]`: chosen by SNI; the first also serves
+    /// clients that send no name or a name no certificate lists.
+    #[serde(default)]
+    pub certificates: Vec<Spanned<Certificate>>,
+}
+
+/// `[[server.tls.certificates]]`: one certificate chain, its key and the names it serves.
+/// The files are re-read on every reload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// `cert`: PEM certificate chain, leaf first (relative to the manifest).
+    pub cert: Spanned<PathBuf>,
+    /// `key`: PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the manifest.
+    pub key: Spanned<PathBuf>,
+    /// `names`: SNI names served with it: `a.example.com` or `*.example.com`
+    /// (one label). Only the first (default) certificate may leave it out.
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_listen() -> Vec<Spanned<String>> {

@@ -57,6 +57,7 @@ pub struct Gateway {
     reloader: Arc<Reloader>,
     conns: Arc<proxy::Connections>,
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -84,6 +85,7 @@ impl Starting {
         let snap = Snapshot::load(&self.manifest, Runtime::global(), &self.metrics).await?;
         self.metrics.loaded();
         let listen = snap.server.listen.clone();
+        let tls_listen = snap.server.tls.as_ref().map(|t| t.listen.clone());
         let conns = proxy::Connections::new(snap.server.max_connections);
         let reloader = Arc::new(Reloader::new(self.manifest, snap, self.metrics));
         let mut addrs = Vec::new();
@@ -96,6 +98,21 @@ impl Starting {
             self.tasks
                 .push(tokio::spawn(proxy::serve(listener, current, conns.clone())));
         }
+        let mut tls_addrs = Vec::new();
+        for addr in tls_listen.into_iter().flatten() {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (TLS): {e}"))?;
+            let bound = proxy::bound(&listener)?;
+            tracing::info!(addr = %bound, "serving HTTPS (h2 and http/1.1 by ALPN)");
+            tls_addrs.push(bound);
+            let current = reloader.current().clone();
+            self.tasks.push(tokio::spawn(proxy::tls::serve(
+                listener,
+                current,
+                conns.clone(),
+            )));
+        }
         let admin_addr = self.admin.map(|(addr, state)| {
             // From here on `/readyz` answers 200.
             let _ = state.gateway.set(reloader.clone());
@@ -105,6 +122,7 @@ impl Starting {
             reloader,
             conns,
             addrs,
+            tls_addrs,
             admin_addr,
             stop: self.stop,
             tasks: self.tasks,
@@ -169,6 +187,11 @@ impl Gateway {
     /// Where the admin listener bound, if the manifest has `[admin]`.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The addresses the `[server.tls]` listeners bound; empty without TLS.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The snapshot serving new requests.

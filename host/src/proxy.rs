@@ -4,6 +4,7 @@
 
 mod handler;
 pub mod headers;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

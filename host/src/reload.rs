@@ -93,6 +93,16 @@ impl Reloader {
                 if new.server.listen != old.server.listen {
                     tracing::warn!("listen addresses changed; they take effect on restart");
                 }
+                let (old_tls, new_tls) = (old.server.tls.as_ref(), new.server.tls.as_ref());
+                if old_tls.map(|t| &t.listen) != new_tls.map(|t| &t.listen) {
+                    tracing::warn!(
+                        "TLS listen addresses changed; they take effect on restart (open TLS listeners keep their last certificates)"
+                    );
+                }
+                let certs = describe_cert_changes(old_tls, new_tls);
+                if !certs.is_empty() {
+                    tracing::info!(certificates = %certs, "TLS certificates changed; new connections get them");
+                }
                 let routes = new.routes.len();
                 let new = Arc::new(new);
                 self.current.store(new.clone());
@@ -168,7 +178,7 @@ impl Reloader {
         }
     }
 
-    /// The manifest and the plugin files it names, as absolute paths. Read
+    /// The manifest and the plugin, certificate, key and CA files it names, as absolute paths. Read
     /// from the manifest on disk, so that a refused reload still watches the
     /// files the operator is fixing.
     fn watched_files(&self) -> BTreeSet<PathBuf> {
@@ -176,6 +186,21 @@ impl Reloader {
         if let Ok(m) = Manifest::load(&self.manifest) {
             for p in m.doc.plugins.values() {
                 files.insert(absolute(&m.base_dir().join(p.path.get_ref())));
+            }
+            // Certificate renewals (certbot, cert-manager) only touch these files.
+            for c in m
+                .doc
+                .server
+                .tls
+                .iter()
+                .flat_map(|t| &t.get_ref().certificates)
+            {
+                let c = c.get_ref();
+                files.insert(absolute(&m.base_dir().join(c.cert.get_ref())));
+                files.insert(absolute(&m.base_dir().join(c.key.get_ref())));
+            }
+            for ca in m.doc.upstreams.values().filter_map(|u| u.ca.as_ref()) {
+                files.insert(absolute(&m.base_dir().join(ca.get_ref())));
             }
         } else {
             for p in self.current.load().plugins.values() {
@@ -242,4 +267,27 @@ fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
     } else {
         out.join(", ")
     }
+}
+
+/// "path sha256" for each TLS certificate file whose leaf changed, was added or removed.
+fn describe_cert_changes(
+    old: Option<&crate::snapshot::TlsSettings>,
+    new: Option<&crate::snapshot::TlsSettings>,
+) -> String {
+    let short = |s: &str| s.get(..12).unwrap_or(s).to_string();
+    let empty = Vec::new();
+    let old = old.map_or(&empty, |t| &t.fingerprints);
+    let new = new.map_or(&empty, |t| &t.fingerprints);
+    let mut out = Vec::new();
+    for (path, sha) in new {
+        match old.iter().find(|(p, _)| p == path) {
+            Some((_, o)) if o == sha => {}
+            Some((_, o)) => out.push(format!("{} {}→{}", path.display(), short(o), short(sha))),
+            None => out.push(format!("{} added {}", path.display(), short(sha))),
+        }
+    }
+    for (path, _) in old.iter().filter(|(p, _)| !new.iter().any(|(n, _)| n == p)) {
+        out.push(format!("{} removed", path.display()));
+    }
+    out.join(", ")
 }

@@ -53,6 +53,21 @@ pub struct ServerSettings {
     pub allow_underscore_headers: bool,
     /// Pass `%2F`/`%5C` in paths on.
     pub allow_encoded_slashes: bool,
+    /// HTTPS listeners and certificates, from `[server.tls]`.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.tls]`, resolved: certificates loaded and checked against their keys.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Addresses to serve HTTPS on (read at start).
+    pub listen: Vec<SocketAddr>,
+    /// Time a client has to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// The acceptor config: certificates by SNI, ALPN h2 and http/1.1.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Each certificate file and the SHA-256 of its leaf, to log what a reload changed.
+    pub fingerprints: Vec<(std::path::PathBuf, String)>,
 }
 
 /// A route, resolved.
@@ -242,6 +257,7 @@ impl Snapshot {
             trusted_proxies,
             allow_underscore_headers: doc.server.allow_underscore_headers,
             allow_encoded_slashes: doc.server.allow_encoded_slashes,
+            tls: doc.server.tls.as_ref().and_then(|t| resolve_tls(&mut l, t)),
         };
 
         // Upstreams.
@@ -731,4 +747,113 @@ fn reuse_or_new(
                 .cloned()
         })
         .unwrap_or_else(|| Upstream::new(name.to_string(), targets, settings))
+}
+
+/// `[server.tls]`: listen addresses, and each certificate read from disk,
+/// checked against its key and registered under its SNI names.
+fn resolve_tls(l: &mut Loader<'_>, t: &Spanned<config::Tls>) -> Option<TlsSettings> {
+    use crate::proxy::tls;
+    let before = l.errors.len();
+    let tls_cfg = t.get_ref();
+    if tls_cfg.listen.is_empty() {
+        l.err::<()>(
+            t.span(),
+            "`[server.tls]` has no `listen` addresses",
+            Some("add e.g. `listen = [\"0.0.0.0:8443\"]`, or remove `[server.tls]`".into()),
+        );
+    }
+    let mut listen = Vec::new();
+    for a in &tls_cfg.listen {
+        match a.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => listen.push(addr),
+            Err(_) => {
+                l.err::<()>(
+                    a.span(),
+                    format!("invalid TLS listen address `{}`", a.get_ref()),
+                    Some("write it as `IP:PORT`, e.g. \"0.0.0.0:8443\" or \"[::]:8443\"".into()),
+                );
+            }
+        }
+    }
+    if tls_cfg.certificates.is_empty() {
+        return l.err(
+            t.span(),
+            "`[server.tls]` has no certificates",
+            Some("add `[[server.tls.certificates]]` with `cert = \"cert.pem\"`, `key = \"key.pem\"` and `names = [\"example.com\"]`".into()),
+        );
+    }
+    let mut resolver: Option<tls::SniResolver> = None;
+    let mut fingerprints = Vec::new();
+    // Where each name was first listed, for duplicate messages.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, c) in tls_cfg.certificates.iter().enumerate() {
+        let c_span = c.span();
+        let c = c.get_ref();
+        let cert_path = l.m.base_dir().join(c.cert.get_ref());
+        let key_path = l.m.base_dir().join(c.key.get_ref());
+        if i > 0 && c.names.is_empty() {
+            l.err::<()>(
+                c_span.clone(),
+                format!("TLS certificate `{}` has no `names`", c.cert.get_ref().display()),
+                Some("list the SNI names it serves, e.g. `names = [\"api.example.com\"]`; only the first (default) certificate may leave them out".into()),
+            );
+        }
+        let mut names = Vec::new();
+        for n in &c.names {
+            let name = n.get_ref().to_ascii_lowercase();
+            if !tls::valid_name(&name) {
+                l.err::<()>(
+                    n.span(),
+                    format!("invalid TLS name `{}`", n.get_ref()),
+                    Some("use a DNS name like `api.example.com` or a one-label wildcard like `*.example.com`, without port".into()),
+                );
+            } else if let Some(first) = seen.get(&name) {
+                let line = config::Location::from_offset(&l.m.source, *first).line;
+                l.err::<()>(
+                    n.span(),
+                    format!("TLS name `{name}` is listed twice (first on line {line})"),
+                    Some("each name selects one certificate: remove one of them".into()),
+                );
+            } else {
+                seen.insert(name.clone(), n.span().start);
+                names.push(name);
+            }
+        }
+        let key = match tls::load_certified_key(&cert_path, &key_path) {
+            Ok(k) => k,
+            Err(e) => {
+                let span = if e.in_key() {
+                    c.key.span()
+                } else {
+                    c.cert.span()
+                };
+                let help = e.help().to_string();
+                l.err::<()>(span, e.to_string(), Some(help));
+                continue;
+            }
+        };
+        if let Some(leaf) = key.cert.first() {
+            fingerprints.push((cert_path, crate::plugin::sha256_hex(leaf)));
+        }
+        let r = resolver.get_or_insert_with(|| tls::SniResolver::new(key.clone()));
+        for name in names {
+            r.add(&name, key.clone());
+        }
+    }
+    if l.errors.len() != before {
+        return None;
+    }
+    match tls::server_config(resolver?) {
+        Ok(config) => Some(TlsSettings {
+            listen,
+            handshake_timeout: tls_cfg.handshake_timeout.0,
+            config: Arc::new(config),
+            fingerprints,
+        }),
+        Err(e) => l.err(
+            t.span(),
+            format!("TLS settings refused by rustls: {e}"),
+            None,
+        ),
+    }
 }

@@ -13,4 +13,5 @@ mod proxying;
 mod routing;
 mod sandbox;
 mod support;
+mod tls;
 mod upstreams;

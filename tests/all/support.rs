@@ -492,3 +492,262 @@ impl Load {
         all
     }
 }
+
+// ---- TLS: a test CA, a TLS recording origin, a TLS client ----
+
+/// A certificate authority for one test: issues leaf certificates that
+/// clients built with [`TestCa::client_config`] trust.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: rcgen::Certificate,
+}
+
+/// A leaf certificate and its key, in PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Weir test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            cert,
+        }
+    }
+
+    /// The CA certificate in PEM (for a `ca = "..."` file).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A leaf for `names` (DNS names, or IP addresses such as `127.0.0.1`).
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A rustls client trusting only this CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        c
+    }
+}
+
+impl Issued {
+    /// Writes `NAME.pem` and `NAME-key.pem` into `dir`.
+    pub fn write(&self, dir: &std::path::Path, name: &str) {
+        std::fs::write(dir.join(format!("{name}.pem")), &self.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), &self.key_pem).unwrap();
+    }
+}
+
+/// What a TLS client saw: the response, the certificate the server
+/// presented, and the protocol ALPN chose.
+#[derive(Debug)]
+pub struct TlsResp {
+    pub resp: Resp,
+    pub peer_cert: rustls_pki_types::CertificateDer<'static>,
+    pub alpn: Option<Vec<u8>>,
+    pub version: http::Version,
+}
+
+/// A TLS handshake with `addr` (sending `sni`, or no SNI when `None`, in
+/// which case the certificate is verified as `verify_as`), then one GET of
+/// `path` over h2 or HTTP/1.1 as ALPN decides.
+pub async fn tls_get(
+    addr: SocketAddr,
+    ca: &TestCa,
+    sni: Option<&str>,
+    verify_as: &str,
+    alpn: &[&[u8]],
+    path: &str,
+) -> TlsResp {
+    let stream = tls_connect(addr, ca, sni, verify_as, alpn)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake with {addr} failed: {e}"));
+    let (_, conn) = stream.get_ref();
+    let peer_cert = conn.peer_certificates().unwrap()[0].clone().into_owned();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    let host = sni.unwrap_or(verify_as);
+    let io = TokioIo::new(stream);
+    let resp = if alpn.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send.send_request(req).await.unwrap()
+    };
+    let version = resp.version();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    TlsResp {
+        resp: Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        },
+        peer_cert,
+        alpn,
+        version,
+    }
+}
+
+/// Only the TLS handshake of [`tls_get`].
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca: &TestCa,
+    sni: Option<&str>,
+    verify_as: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = ca.client_config(alpn);
+    config.enable_sni = sni.is_some();
+    let name =
+        rustls_pki_types::ServerName::try_from(sni.unwrap_or(verify_as).to_string()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// A TLS origin (HTTP/2 and HTTP/1.1 by ALPN) that records every request and
+/// answers `200 upstream <name>`, like [`Upstream`].
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl TlsUpstream {
+    /// Serves `leaf` (issue it for `127.0.0.1` so `https://127.0.0.1:PORT` verifies).
+    pub async fn start(name: &'static str, leaf: &Issued) -> TlsUpstream {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, acceptor) = (log.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let uri = parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let mut headers = parts.headers;
+                            // Records the protocol the gateway spoke, as a pseudo-header.
+                            headers.insert(
+                                "x-test-version",
+                                format!("{:?}", parts.version).parse().unwrap(),
+                            );
+                            log.lock().unwrap().push(Seen {
+                                method: parts.method,
+                                uri,
+                                version: parts.version,
+                                headers,
+                                body,
+                            });
+                            let mut resp =
+                                Response::new(Full::new(Bytes::from(format!("upstream {name}"))));
+                            resp.headers_mut()
+                                .insert("x-upstream", name.parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream { addr, seen }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The last request received; panics if none.
+    pub fn last(&self) -> Seen {
+        self.seen()
+            .pop()
+            .expect("the TLS upstream received no request")
+    }
+}
