@@ -269,7 +269,7 @@ async fn proxy(
         None => {
             let upgrading = upgrade.is_some();
             let (resp, upstream_upgrade) =
-                forward(&route, &state, body, server, upgrading, log).await?;
+                forward(&route, &mut state, body, server, upgrading, log).await?;
             let (p, b) = resp.into_parts();
             if p.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 // Only a WebSocket request the upstream accepted becomes a tunnel.
@@ -341,7 +341,7 @@ fn closed(plugin: &ChainPlugin, error: PluginError) -> GatewayError {
 /// upstream side of the tunnel.
 async fn forward(
     route: &Route,
-    state: &RequestState,
+    state: &mut RequestState,
     body: Incoming,
     server: &crate::snapshot::ServerSettings,
     upgrading: bool,
@@ -355,7 +355,13 @@ async fn forward(
         pq.push('?');
         pq.push_str(q);
     }
-    let mut headers: HeaderMap = state.headers.clone();
+    let key = upstream.hash_key(state.client.ip(), &state.headers);
+    // Response hooks see the request's headers; without a chain they can move.
+    let mut headers: HeaderMap = if route.chain.is_empty() {
+        std::mem::take(&mut state.headers)
+    } else {
+        state.headers.clone()
+    };
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -373,7 +379,6 @@ async fn forward(
         }
     };
     let retry = replayable && state.method.is_idempotent();
-    let key = upstream.hash_key(state.client.ip(), &state.headers);
     let mut tried = Vec::new();
     loop {
         let index = upstream.pick(key, &tried);
@@ -394,7 +399,14 @@ async fn forward(
             .map_err(|e| {
                 GatewayError::Internal(format!("cannot build the upstream request: {e}"))
             })?;
-        *req.headers_mut() = headers.clone();
+        let may_retry = retry
+            && tried.len() < upstream.settings.retries as usize
+            && tried.len() + 1 < upstream.endpoints().len();
+        *req.headers_mut() = if may_retry {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
 
         let sent = Instant::now();
         let mut connect_failed = false;
@@ -439,12 +451,7 @@ async fn forward(
         };
         upstream.report(index, !failed);
         // Retries go to another target: one that refused a connection just now would again.
-        if connect_failed
-            && retry
-            && tried.len() < upstream.settings.retries as usize
-            && tried.len() + 1 < upstream.endpoints().len()
-            && upstream.take_retry()
-        {
+        if connect_failed && may_retry && upstream.take_retry() {
             tracing::debug!(upstream = %upstream.name, target = %target, "connect failed; retrying on another target");
             tried.push(index);
             continue;

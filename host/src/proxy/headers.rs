@@ -24,21 +24,28 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Runs when a message arrives, before any plugin: it can never remove a
 /// header that the gateway or a plugin adds afterwards.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
+    // One pass over the (few) names present instead of a hashed remove per
+    // hop-by-hop name: most messages carry none of them.
+    let mut gone: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || *n == header::TRANSFER_ENCODING)
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let listed = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok());
+    gone.extend(listed);
+    // `Transfer-Encoding` too: hyper frames bodies itself, and a stale framing
+    // header must never be forwarded.
+    for n in gone {
         h.remove(n);
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
-    // hyper frames bodies itself; a stale framing header must never be forwarded.
-    h.remove(header::TRANSFER_ENCODING);
 }
 
 /// Sets `X-Forwarded-For/Proto/Host`. From a `trusted` peer (a

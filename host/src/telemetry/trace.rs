@@ -26,13 +26,25 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_request_id(v))
         .map(str::to_string)
-        .unwrap_or_else(|| hex::encode(random_nonzero_u128().to_be_bytes()))
+        .unwrap_or_else(|| hex_id(&random_nonzero_u128().to_be_bytes()))
 }
 
 fn valid_request_id(v: &str) -> bool {
     (1..=MAX_REQUEST_ID).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:+/=-".contains(&b))
+}
+
+/// Lower-case hex of `bytes`. Runs several times per request: a table
+/// lookup per nibble, not `format!` or a char-by-char collect.
+fn hex_id(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn random_nonzero_u128() -> u128 {
@@ -63,8 +75,7 @@ impl TraceContext {
     /// Continues the caller's trace, or starts one (sampled) when
     /// `traceparent` is absent or invalid.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        // hex::encode, not format!: this runs on every request.
-        let span_id = hex::encode(random_nonzero_u64().to_be_bytes());
+        let span_id = hex_id(&random_nonzero_u64().to_be_bytes());
         let parsed = headers
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -80,7 +91,7 @@ impl TraceContext {
                 state: headers.get(&TRACESTATE).cloned(),
             },
             None => TraceContext {
-                trace_id: hex::encode(random_nonzero_u128().to_be_bytes()),
+                trace_id: hex_id(&random_nonzero_u128().to_be_bytes()),
                 parent_id: None,
                 span_id,
                 flags: "01".into(),
