@@ -655,7 +655,7 @@ pub async fn tls_connect(
 }
 
 /// A TLS origin (HTTP/2 and HTTP/1.1 by ALPN) that records every request and
-/// answers `200 upstream <name>`, like [`Upstream`].
+/// answers like [`Upstream`] (the same handler).
 pub struct TlsUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -681,48 +681,23 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (log, acceptor) = (log.clone(), acceptor.clone());
+                let (log, acceptor, healthy) = (log.clone(), acceptor.clone(), healthy.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(stream).await else {
                         return;
                     };
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let log = log.clone();
+                        let (log, healthy) = (log.clone(), healthy.clone());
                         async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let uri = parts
-                                .uri
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default();
-                            let mut headers = parts.headers;
-                            // Records the protocol the gateway spoke, as a pseudo-header.
-                            headers.insert(
-                                "x-test-version",
-                                format!("{:?}", parts.version).parse().unwrap(),
-                            );
-                            log.lock().unwrap().push(Seen {
-                                method: parts.method,
-                                uri,
-                                version: parts.version,
-                                headers,
-                                body,
-                            });
-                            let mut resp =
-                                Response::new(Full::new(Bytes::from(format!("upstream {name}"))));
-                            resp.headers_mut()
-                                .insert("x-upstream", name.parse().unwrap());
-                            Ok::<_, Infallible>(resp)
+                            Ok::<_, Infallible>(
+                                origin(name, Duration::ZERO, req, log, healthy).await,
+                            )
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
