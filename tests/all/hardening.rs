@@ -471,3 +471,43 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "nothing was cut at the deadline"
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_plugins_see_the_forwarded_client() {
+    let up = Upstream::start("u").await;
+    let manifest = |trusted: &str| {
+        format!(
+            r#"{SERVER}trusted_proxies = ["{trusted}"]
+
+[plugins.headers]
+path = "{}"
+
+[[routes]]
+id = "r"
+prefix = "/"
+upstream = "{}"
+[[routes.plugins]]
+name = "headers"
+config = {{ request = {{ set = {{ "x-client" = "${{client_ip}}" }} }} }}
+"#,
+            plugin("headers"),
+            up.url()
+        )
+    };
+    // The test client (127.0.0.1) is the trusted proxy; 198.51.100.7 is a forgery it passed on.
+    let behind = TestGateway::start(&manifest("127.0.0.0/8")).await;
+    behind
+        .get_with("/", &[("x-forwarded-for", "198.51.100.7, 203.0.113.9")])
+        .await;
+    assert_eq!(up.last().header("x-client"), Some("203.0.113.9"));
+    assert_eq!(
+        up.last().header("x-forwarded-for"),
+        Some("198.51.100.7, 203.0.113.9, 127.0.0.1")
+    );
+
+    let direct = TestGateway::start(&manifest("10.0.0.0/8")).await;
+    direct
+        .get_with("/", &[("x-forwarded-for", "203.0.113.9")])
+        .await;
+    assert_eq!(up.last().header("x-client"), Some("127.0.0.1"));
+}

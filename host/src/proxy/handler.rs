@@ -203,6 +203,12 @@ async fn proxy(
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&conn.peer.ip()));
+    // Behind trusted proxies, plugins (rate limits by client...) see the real client.
+    let client = if trusted {
+        edge::forwarded_client(&parts.headers, conn.peer, &server.trusted_proxies)
+    } else {
+        conn.peer
+    };
     set_forwarded(
         &mut parts.headers,
         conn.peer,
@@ -220,7 +226,7 @@ async fn proxy(
         query: parts.uri.query().map(str::to_string),
         authority,
         headers: std::mem::take(&mut parts.headers),
-        client: conn.peer,
+        client,
         route_id: route.id.clone(),
         vars: vec![
             ("request_id".into(), ids.request_id.into()),

@@ -100,6 +100,33 @@ pub fn set_forwarded(
     }
 }
 
+/// The client a request from a trusted proxy is for: the rightmost
+/// `X-Forwarded-For` address that is not itself a trusted proxy (each proxy
+/// appends the address it saw, so only entries right of an untrusted one can
+/// be believed). An unparsable entry stops the walk at the last believed
+/// hop. The port is the peer's when the client is the peer, else 0.
+pub fn forwarded_client(h: &HeaderMap, peer: SocketAddr, trusted: &[ipnet::IpNet]) -> SocketAddr {
+    let entries: Vec<&str> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer.ip();
+    for entry in entries.iter().rev() {
+        let Ok(ip) = entry.parse::<std::net::IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !trusted.iter().any(|n| n.contains(&ip)) {
+            break;
+        }
+    }
+    let port = if client == peer.ip() { peer.port() } else { 0 };
+    SocketAddr::new(client, port)
+}
+
 /// An address as text; IPv4 (the common case) without `fmt`, which costs
 /// more than the rest of this function on every request.
 fn ip_text(ip: std::net::IpAddr) -> String {
@@ -196,6 +223,23 @@ pub fn drop_underscore_names(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_client_is_the_rightmost_untrusted_address() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let client = |xff: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(xff).unwrap());
+            forwarded_client(&h, peer, &trusted).ip().to_string()
+        };
+        assert_eq!(client("203.0.113.9"), "203.0.113.9");
+        // The leftmost entry is the client's own claim: only the hop our proxy saw counts.
+        assert_eq!(client("6.6.6.6, 203.0.113.9, 10.0.0.3"), "203.0.113.9");
+        assert_eq!(client("10.0.0.4, 10.0.0.3"), "10.0.0.4");
+        assert_eq!(client("203.0.113.9, not-an-ip"), "10.0.0.2");
+        assert_eq!(forwarded_client(&HeaderMap::new(), peer, &trusted), peer);
+    }
 
     #[test]
     fn ip_text_matches_display() {
