@@ -6,7 +6,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 503 until the first snapshot is loaded, then 200 |
+//! | `GET /readyz` | 503 until the first snapshot is loaded, then 200; 503 again while draining on shutdown |
 //! | `GET /metrics` | Prometheus/OpenMetrics text |
 //! | `GET /routes` | JSON: each route's match, upstream and plugin chain |
 //! | `GET /plugins` | JSON: each plugin's sha256, size, load time, limits and routes |
@@ -123,6 +123,9 @@ pub(crate) struct AdminState {
     token: Option<String>,
     /// Set once the first snapshot serves: `/readyz` flips to 200.
     pub(crate) gateway: OnceLock<Arc<crate::Reloader>>,
+    /// Set when a graceful shutdown begins: `/readyz` says 503 so load
+    /// balancers stop sending while requests in flight finish.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl AdminState {
@@ -131,6 +134,7 @@ impl AdminState {
             metrics,
             token,
             gateway: OnceLock::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -223,7 +227,9 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     match path {
         "/healthz" => return text(StatusCode::OK, "ok\n"),
         "/readyz" => {
+            let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
             return match gateway {
+                Some(_) if draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
                 Some(_) => text(StatusCode::OK, "ready\n"),
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "loading\n"),
             };

@@ -55,6 +55,7 @@ use telemetry::metrics::Metrics;
 /// A running gateway: its listeners and the snapshot they serve.
 pub struct Gateway {
     reloader: Arc<Reloader>,
+    admin: Option<Arc<admin::AdminState>>,
     conns: Arc<proxy::Connections>,
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
@@ -113,13 +114,14 @@ impl Starting {
                 conns.clone(),
             )));
         }
-        let admin_addr = self.admin.map(|(addr, state)| {
+        let admin_addr = self.admin.as_ref().map(|(addr, state)| {
             // From here on `/readyz` answers 200.
             let _ = state.gateway.set(reloader.clone());
-            addr
+            *addr
         });
         Ok(Gateway {
             reloader,
+            admin: self.admin.map(|(_, state)| state),
             conns,
             addrs,
             tls_addrs,
@@ -226,13 +228,18 @@ impl Gateway {
         self.conns.open()
     }
 
-    /// Shuts down gracefully: stops accepting, lets in-flight requests
+    /// Shuts down gracefully: `/readyz` turns 503, the gateway stops accepting, lets in-flight requests
     /// finish (HTTP/2 clients get GOAWAY, idle connections close) for up to
     /// `[server] shutdown_timeout`, drops what is left, then stops the admin
     /// listener and the file watcher. Returns how many connections were
     /// still open at the deadline.
     pub async fn shutdown(self) -> usize {
         let deadline = self.snapshot().server.shutdown_timeout;
+        if let Some(admin) = &self.admin {
+            admin
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let dropped = self.conns.drain(deadline).await;
         let _ = self.stop.send(true);
         for t in self.tasks {

@@ -444,7 +444,13 @@ async fn connections_over_the_cap_wait_for_a_slot() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let up = Upstream::start("u").await;
-    let gw = guarded(&up, &format!("{SERVER}shutdown_timeout = \"10s\"\n")).await;
+    let gw = guarded(
+        &up,
+        &format!("{SERVER}shutdown_timeout = \"10s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .await;
+    let readyz = gw.admin_url("/readyz");
+    assert_eq!(crate::support::get_url(&readyz).await.status, 200);
     let url = gw.url("/slow/h1");
     let h1 = tokio::spawn(async move { send(Method::GET, &url, &[], Bytes::new()).await });
     let url = gw.url("/slow/h2");
@@ -462,6 +468,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no new connections while draining"
+    );
+    let r = crate::support::get_url(&readyz).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (503, "draining\n"),
+        "load balancers are told"
     );
     assert_eq!(h1.await.unwrap().status, 200);
     assert_eq!(h2.await.unwrap().status, 200);
