@@ -143,3 +143,16 @@ impl GatewayError {
         resp
     }
 }
+
+/// An error with its causes, `outer: inner: root`, for logs (hyper-util's
+/// own messages, like "client error (Connect)", say little without them).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

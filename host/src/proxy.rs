@@ -9,7 +9,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -91,6 +91,21 @@ impl Connections {
         self.phase.subscribe()
     }
 
+    /// The next connection on `listener` with its slot, or `None` once the
+    /// gateway drains. At the cap it waits for a slot before accepting: the
+    /// kernel backlog holds the rest.
+    pub(crate) async fn next(
+        &self,
+        listener: &TcpListener,
+        phase: &mut watch::Receiver<Phase>,
+        what: &str,
+    ) -> Option<(OwnedSemaphorePermit, tokio::net::TcpStream, SocketAddr)> {
+        let slot = self.slot().await?;
+        let (stream, peer) = accept(listener, phase, what).await?;
+        let _ = stream.set_nodelay(true);
+        Some((slot, stream, peer))
+    }
+
     /// A slot for one more connection, waiting while the gateway is full;
     /// `None` once draining has begun.
     async fn slot(&self) -> Option<OwnedSemaphorePermit> {
@@ -113,15 +128,7 @@ pub async fn serve(
     conns: Arc<Connections>,
 ) {
     let mut phase = conns.phase();
-    loop {
-        // At the cap, wait for a slot before accepting: the kernel backlog holds the rest.
-        let Some(slot) = conns.slot().await else {
-            return;
-        };
-        let Some((stream, peer)) = accept(&listener, &mut phase, "proxy").await else {
-            return;
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((slot, stream, peer)) = conns.next(&listener, &mut phase, "proxy").await {
         let info = ConnInfo { peer, tls: false };
         tokio::spawn(serve_connection(
             stream,
@@ -238,18 +245,22 @@ fn changed_possible(phase: &watch::Receiver<Phase>) -> bool {
     phase.has_changed().is_ok()
 }
 
-/// Requests in flight on one connection, and when it last had none.
+/// Requests in flight on one connection, and when it last had none (an
+/// atomic, not a lock: it is touched at the end of every request).
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
-    idle_since: std::sync::Mutex<Instant>,
+    opened: Instant,
+    /// Milliseconds after `opened`.
+    idle_since: AtomicU64,
 }
 
 impl Default for Activity {
     fn default() -> Self {
         Activity {
             in_flight: AtomicUsize::new(0),
-            idle_since: std::sync::Mutex::new(Instant::now()),
+            opened: Instant::now(),
+            idle_since: AtomicU64::new(0),
         }
     }
 }
@@ -263,7 +274,7 @@ impl Activity {
     /// `None` while a request is in flight.
     fn idle_since(&self) -> Option<Instant> {
         (self.in_flight.load(Ordering::Relaxed) == 0)
-            .then(|| *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()))
+            .then(|| self.opened + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)))
     }
 }
 
@@ -271,7 +282,8 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let now = self.0.opened.elapsed().as_millis() as u64;
+        self.0.idle_since.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -498,7 +498,7 @@ fn classify(e: BoxError, server: &crate::snapshot::ServerSettings, target: &str)
     } else if has::<body::ClientBody>(err) {
         GatewayError::BadFraming("the request body is malformed or ended early")
     } else {
-        GatewayError::UpstreamUnavailable(format!("{target}: {}", error_chain(err)))
+        GatewayError::UpstreamUnavailable(format!("{target}: {}", crate::error::chain(err)))
     }
 }
 
@@ -512,15 +512,4 @@ fn has<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) 
         source = e.source();
     }
     false
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{ConnInfo, Connections, accept, serve_connection};
+use super::{ConnInfo, Connections, serve_connection};
 use crate::snapshot::Snapshot;
 
 /// Why a certificate and key pair cannot be used.
@@ -266,14 +266,7 @@ pub async fn serve(
     // A reload that drops `[server.tls]` cannot close this listener (that
     // needs a restart), so it keeps the last certificates it had.
     let mut last = None;
-    loop {
-        let Some(slot) = conns.slot().await else {
-            return;
-        };
-        let Some((stream, peer)) = accept(&listener, &mut phase, "tls").await else {
-            return;
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((slot, stream, peer)) = conns.next(&listener, &mut phase, "tls").await {
         if let Some(tls) = &current.load().server.tls {
             last = Some((tls.config.clone(), tls.handshake_timeout));
         }

@@ -63,17 +63,7 @@ async fn probe(up: &Upstream, i: usize, check: &HealthCheck) -> Result<(), Strin
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(check.timeout, up.client.request(req)).await {
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
-        Ok(Err(e)) => {
-            // hyper-util's own message is terse ("client error (Connect)"): add the causes.
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                why.push_str(": ");
-                why.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            Err(why)
-        }
+        Ok(Err(e)) => Err(crate::error::chain(&e)),
         Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
         Ok(Ok(resp)) => Err(format!("status {}", resp.status().as_u16())),
     }
