@@ -129,3 +129,100 @@ impl<B: http_body::Body, G> http_body::Body for Hold<B, G> {
         self.inner.size_hint()
     }
 }
+
+/// The request body on its way upstream: the frames that arrived before the
+/// exchange began, then the rest of the client's body, streamed.
+///
+/// Reading a small body whole first (nginx does the same) means a client
+/// trickling it holds no place under the upstream's `max_requests`; and
+/// [`Upload::client_done`] tells a slow client from a slow upstream when the
+/// exchange times out.
+pub struct Upload {
+    head: std::collections::VecDeque<http_body::Frame<Bytes>>,
+    rest: Option<Body>,
+    client_done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Upload {
+    /// Reads `client` until it ends or more than `buffer` bytes arrived.
+    /// Errors are the client's ([`ClientBody`], [`ReadTimeout`]).
+    pub async fn begin(mut client: Body, buffer: usize) -> Result<Upload, BoxError> {
+        let mut head = std::collections::VecDeque::new();
+        let mut bytes = 0;
+        while bytes <= buffer {
+            match client.frame().await {
+                None => return Ok(Upload::whole(head)),
+                Some(frame) => {
+                    let frame = frame?;
+                    bytes += frame.data_ref().map_or(0, Bytes::len);
+                    head.push_back(frame);
+                }
+            }
+        }
+        Ok(Upload {
+            head,
+            rest: Some(client),
+            client_done: Default::default(),
+        })
+    }
+
+    fn whole(head: std::collections::VecDeque<http_body::Frame<Bytes>>) -> Upload {
+        Upload {
+            head,
+            rest: None,
+            client_done: std::sync::Arc::new(true.into()),
+        }
+    }
+
+    /// Set once the client has sent its whole body.
+    pub fn client_done(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.client_done.clone()
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering;
+        use std::task::Poll;
+        if let Some(frame) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(&mut *rest).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || rest.is_end_stream() {
+            self.client_done.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let head: u64 = self
+            .head
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |r| r.size_hint());
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + head);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint
+    }
+}

@@ -30,6 +30,11 @@ pub enum GatewayError {
     /// A route matches host and path but not the method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// The host to route by is ambiguous: several `Host` headers, or a
+    /// request-target authority (absolute-form, HTTP/2 `:authority`) that
+    /// disagrees with `Host` (RFC 9112 §3.2, RFC 9113 §8.3.1).
+    #[error("ambiguous host: {0}")]
+    AmbiguousHost(&'static str),
     /// The request body is over `max_body_bytes`.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
@@ -77,6 +82,7 @@ impl GatewayError {
             | GatewayError::BodyTooLarge(_)
             | GatewayError::UriTooLong(_)
             | GatewayError::BadFraming(_)
+            | GatewayError::AmbiguousHost(_)
             | GatewayError::BodyTimeout(_) => Blame::Downstream,
             GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
@@ -111,7 +117,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            GatewayError::BadFraming(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadFraming(_) | GatewayError::AmbiguousHost(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UpstreamOverloaded(_) | GatewayError::NoHealthyTarget(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

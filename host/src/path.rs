@@ -14,8 +14,11 @@ pub enum PathError {
     /// A byte that may not appear in a path (control characters, space...).
     #[error("invalid character in path")]
     BadChar,
-    /// `%2F` or `%5C`: an origin that decodes them would see another path than the router did.
-    #[error("encoded slash in path (set `[server] allow_encoded_slashes = true` to pass it on)")]
+    /// `%2F`, `%5C` or a raw `\`: an origin that decodes them (or reads `\` as `/`, as
+    /// WHATWG URL parsers do) would see another path than the router did.
+    #[error(
+        "encoded slash or backslash in path (set `[server] allow_encoded_slashes = true` to pass it on)"
+    )]
     EncodedSlash,
 }
 
@@ -102,9 +105,10 @@ fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Whether a normalised path holds an encoded `/` or `\\`.
+/// Whether a normalised path holds an encoded `/` or `\`, or a raw `\`
+/// (which WHATWG URL parsers read as `/`: `/x\..\admin` is `/admin` to them).
 pub fn has_encoded_slash(normalised: &str) -> bool {
-    normalised.contains("%2F") || normalised.contains("%5C")
+    normalised.contains("%2F") || normalised.contains("%5C") || normalised.contains('\\')
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -201,9 +201,21 @@ pub async fn serve_connection<I>(
     }
     let idle = settings.idle_timeout;
     let mut idle_check = Instant::now() + idle;
+    // hyper's header timer starts with the first byte; a connection that
+    // sends nothing (or half an HTTP/2 preface) would otherwise hold its slot
+    // until `idle_timeout`.
+    let first_request = Instant::now() + settings.header_read_timeout;
+    let mut awaiting_first = true;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
+            _ = tokio::time::sleep_until(first_request), if awaiting_first => {
+                if !activity.started() {
+                    tracing::debug!(peer = %info.peer, "no request within header_read_timeout of accept; closing");
+                    return;
+                }
+                awaiting_first = false;
+            }
             changed = phase.changed(), if changed_possible(&phase) => {
                 let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
                 match now {
@@ -253,6 +265,8 @@ struct Activity {
     opened: Instant,
     /// Milliseconds after `opened`.
     idle_since: AtomicU64,
+    /// A request has begun.
+    started: AtomicBool,
 }
 
 impl Default for Activity {
@@ -261,6 +275,7 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             opened: Instant::now(),
             idle_since: AtomicU64::new(0),
+            started: AtomicBool::new(false),
         }
     }
 }
@@ -268,7 +283,13 @@ impl Default for Activity {
 impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.store(true, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    /// Whether a request has begun on this connection.
+    fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// `None` while a request is in flight.

@@ -107,11 +107,14 @@ impl<T> Router<T> {
 
     /// The best route for a request. `host` must be lower case without port.
     /// `Err(true)` means a route matched host and path but not the method.
+    /// `CONNECT` and `TRACE` match only a route that lists them: a gateway
+    /// does not tunnel or reflect requests unless told to.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Result<&Arc<T>, bool> {
         let mut method_mismatch = false;
+        let opt_in = *method == Method::CONNECT || *method == Method::TRACE;
         for rule in &self.rules {
             if rule.host.matches(host) && rule.path.matches(path) {
-                if rule.methods.is_empty() || rule.methods.contains(method) {
+                if (rule.methods.is_empty() && !opt_in) || rule.methods.contains(method) {
                     return Ok(&rule.target);
                 }
                 method_mismatch = true;

@@ -2,6 +2,7 @@
 //! per area. Every test runs real gateways and real origins on 127.0.0.1:0
 //! with the real compiled plugins.
 
+mod attacks;
 mod audit;
 mod chain;
 mod config_errors;

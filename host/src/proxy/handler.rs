@@ -3,11 +3,12 @@
 //! 1. **limits**: URI length (414), ambiguous framing (400), a declared body
 //!    over `max_body_bytes` (413);
 //! 2. **normalise** the path once; every later phase sees that path (400 if malformed);
-//! 3. **route** by host, path and method (404/405);
+//! 3. **route** by host (400 when `Host` and the target's authority disagree),
+//!    path and method (404/405; `CONNECT` and `TRACE` only where a route lists them);
 //! 4. **request chain**: hop-by-hop and underscore headers go and forwarding
 //!    headers are set, then each plugin's `on-request` in order; a `respond`
 //!    skips the rest and the upstream;
-//! 5. **upstream**: admission (`max_requests`, 503), a target picked by the
+//! 5. **upstream**: a small body read whole first, admission (`max_requests`, 503), a target picked by the
 //!    upstream's balancing, the body streamed through (capped, timed),
 //!    retries of connect failures on another target (502/504 on failure); a
 //!    WebSocket upgrade the upstream accepts becomes a tunnel;
@@ -25,6 +26,7 @@
 //! not called; a fail-open plugin is skipped with its changes dropped.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -45,6 +47,10 @@ use crate::telemetry::metrics::Hook;
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Target, echo};
+
+/// Request bodies up to this size are read whole before the upstream is
+/// asked for a place (nginx buffers 8-16 KiB in memory by default).
+const UPLOAD_BUFFER: usize = 64 * 1024;
 
 /// Handles one request against `snap`; never fails: errors become responses.
 pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
@@ -155,17 +161,7 @@ async fn proxy(
     log.path = Some(path.clone());
 
     // 3. route
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        });
+    let authority = routed_authority(&parts)?;
     let host = authority.as_deref().map(host_of);
     let route: Arc<Route> = snap
         .router
@@ -317,6 +313,8 @@ async fn proxy(
     let mut resp = Response::new(body);
     *resp.status_mut() = resp_state.status;
     *resp.headers_mut() = resp_state.headers;
+    // Plugins cannot set hop-by-hop or framing headers; strip again all the same.
+    strip_hop_by_hop(resp.headers_mut());
     if let Some((client, upstream)) = tunnel {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -330,6 +328,30 @@ async fn proxy(
         resp.headers_mut().insert(header::CONTENT_LENGTH, cl);
     }
     Ok(resp)
+}
+
+/// The authority the request is routed by, and the only one the upstream
+/// sees: the request-target's (absolute-form, HTTP/2 `:authority`) or the
+/// one `Host` header. Two `Host` headers, or a target authority that
+/// disagrees with `Host`, are refused: otherwise the router and the upstream
+/// could each believe a different host.
+fn routed_authority(parts: &http::request::Parts) -> Result<Option<String>, GatewayError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::AmbiguousHost("several Host headers"));
+    }
+    let host = host
+        .map(|v| v.to_str())
+        .transpose()
+        .map_err(|_| GatewayError::AmbiguousHost("the Host header is not visible ASCII"))?;
+    match (parts.uri.authority().map(|a| a.as_str()), host) {
+        (Some(target), Some(host)) if !target.eq_ignore_ascii_case(host) => Err(
+            GatewayError::AmbiguousHost("the request target's authority and Host disagree"),
+        ),
+        (Some(target), _) => Ok(Some(target.to_string())),
+        (None, host) => Ok(host.map(str::to_string)),
+    }
 }
 
 /// The answer of a fail-closed plugin that failed.
@@ -355,6 +377,21 @@ async fn forward(
 ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
     let upstream = &route.upstream;
     let max_body = server.max_body_bytes;
+    // A request without a body can be sent again; one with a body streams once.
+    let replayable = body.is_end_stream();
+    // A small body is read whole before a place under `max_requests` is
+    // taken: a client trickling its body must not hold one.
+    let mut upload = None;
+    let mut client_done = None;
+    if !replayable {
+        let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
+        let timed = body::Timed::new(limited, server.body_read_timeout).boxed();
+        let up = body::Upload::begin(timed, UPLOAD_BUFFER)
+            .await
+            .map_err(|e| classify(e, server, "the client"))?;
+        client_done = Some(up.client_done());
+        upload = Some(up);
+    }
     let mut admitted = upstream.admit()?;
     let mut pq = state.path.clone();
     if let Some(q) = &state.query {
@@ -372,18 +409,7 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    // A request without a body can be sent again; one with a body streams once.
-    let replayable = body.is_end_stream();
-    let mut body = Some(body);
-    let mut next_body = || -> Body {
-        match body.take().filter(|_| !replayable) {
-            Some(b) => {
-                let limited = Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX));
-                body::Timed::new(limited, server.body_read_timeout).boxed()
-            }
-            None => body::empty(),
-        }
-    };
+    let mut next_body = || -> Body { upload.take().map_or_else(body::empty, |u| u.boxed()) };
     let retry = replayable && state.method.is_idempotent();
     let mut tried = Vec::new();
     loop {
@@ -428,6 +454,14 @@ async fn forward(
                 )
                 .await
                 {
+                    // Still waiting for the client's body: the client is slow, not the target.
+                    Err(_)
+                        if client_done
+                            .as_ref()
+                            .is_some_and(|d| !d.load(Ordering::Relaxed)) =>
+                    {
+                        Err(GatewayError::BodyTimeout(upstream.settings.request_timeout))
+                    }
                     Err(_) => Err(GatewayError::UpstreamTimeout(
                         upstream.settings.request_timeout,
                     )),

@@ -85,8 +85,9 @@ pub fn set_forwarded(
     }
     let host = authority.and_then(|a| HeaderValue::from_str(a).ok());
     if let Some(v) = &host {
-        // HTTP/2 clients send `:authority`, not `Host`; upstreams expect `Host`.
-        h.entry(header::HOST).or_insert(v.clone());
+        // The upstream sees the authority that was routed (HTTP/2 clients
+        // send `:authority`, not `Host`; upstreams expect `Host`).
+        h.insert(header::HOST, v.clone());
     }
     if !(trusted && h.contains_key(&xfh)) {
         match host {

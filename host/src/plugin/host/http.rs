@@ -65,8 +65,43 @@ pub struct ResponseState {
     pub headers: HeaderMap,
 }
 
+/// Framing and hop-by-hop headers: the gateway owns them on both sides, so a
+/// plugin can never desync a message's length or its connection (the list
+/// wasmtime's wasi-http forbids, plus `content-length` and `expect`).
+const GATEWAY_OWNED: [&str; 9] = [
+    "connection",
+    "content-length",
+    "expect",
+    "http2-settings",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether plugins may read but never set, add or remove header `n`
+/// (any case); such headers in a reply are dropped.
+pub fn gateway_owned(n: &str) -> bool {
+    GATEWAY_OWNED.iter().any(|g| g.eq_ignore_ascii_case(n))
+        || n.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+/// A header name a plugin may edit.
 fn name(n: &str) -> Result<HeaderName, EditError> {
-    HeaderName::from_bytes(n.as_bytes()).map_err(|_| EditError::InvalidName(n.to_string()))
+    let name =
+        HeaderName::from_bytes(n.as_bytes()).map_err(|_| EditError::InvalidName(n.to_string()))?;
+    if gateway_owned(name.as_str()) {
+        return Err(EditError::ReadOnly);
+    }
+    Ok(name)
+}
+
+/// Statuses a plugin may set: interim (1xx) answers belong to the protocol.
+fn final_status(status: u16) -> Option<StatusCode> {
+    StatusCode::from_u16(status)
+        .ok()
+        .filter(|_| (200..=599).contains(&status))
 }
 
 fn value(v: &str) -> Result<HeaderValue, EditError> {
@@ -304,12 +339,12 @@ impl HostResponse for HostState {
         status: u16,
     ) -> wasmtime::Result<Result<(), EditError>> {
         let resp = self.resp(&r)?;
-        Ok(match StatusCode::from_u16(status) {
-            Ok(s) if (100..=599).contains(&status) => {
+        Ok(match final_status(status) {
+            Some(s) => {
                 resp.status = s;
                 Ok(())
             }
-            _ => Err(EditError::InvalidStatus(status)),
+            None => Err(EditError::InvalidStatus(status)),
         })
     }
     fn header(
@@ -367,10 +402,8 @@ pub(crate) fn reply_parts(
     lim: HeaderLimits,
     max_body: usize,
 ) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
-    let status = StatusCode::from_u16(reply.status)
-        .ok()
-        .filter(|_| (100..=599).contains(&reply.status))
-        .ok_or_else(|| format!("reply status {} is not in 100..=599", reply.status))?;
+    let status = final_status(reply.status)
+        .ok_or_else(|| format!("reply status {} is not in 200..=599", reply.status))?;
     if reply.headers.len() > lim.max_headers {
         return Err(format!(
             "reply has {} headers, more than `max_headers` ({})",
@@ -385,7 +418,8 @@ pub(crate) fn reply_parts(
         ));
     }
     let mut headers = HeaderMap::with_capacity(reply.headers.len());
-    for h in &reply.headers {
+    // Framing and hop-by-hop headers are the host's: `content-length` comes from the body.
+    for h in reply.headers.iter().filter(|h| !gateway_owned(&h.name)) {
         append(&mut headers, &h.name, &h.value, lim).map_err(|e| match e {
             EditError::TooLarge => format!(
                 "reply headers are over `max_header_bytes` ({})",

@@ -17,6 +17,9 @@
 //! | `env` | stamps the value of the variable named by `var` and how many variables it sees |
 //! | `counter` | stamps a count kept in a static: how many requests this instance saw |
 //! | `stdout` | prints a line to stdout and one to stderr |
+//! | `reply-split` | answers with `content-length: 0` and a body that is itself an HTTP response |
+//! | `reply-interim` | answers `101 Switching Protocols` with `upgrade: websocket` |
+//! | `edit-framing` | tries to set framing and hop-by-hop headers on the request and the response (and a 1xx status), stamps how many edits were refused |
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -33,6 +36,19 @@ struct Config {
 struct Hostile(Config);
 
 static SEEN: AtomicU32 = AtomicU32::new(0);
+
+/// Framing and hop-by-hop headers, each with a value that would desync or hijack a connection.
+const FRAMING: [(&str, &str); 9] = [
+    ("content-length", "0"),
+    ("Transfer-Encoding", "chunked"),
+    ("connection", "close"),
+    ("upgrade", "websocket"),
+    ("expect", "100-continue"),
+    ("te", "gzip"),
+    ("keep-alive", "timeout=5"),
+    ("proxy-authorization", "Basic eA=="),
+    ("trailer", "x-evil"),
+];
 
 fn spin() -> ! {
     let mut n = 0u64;
@@ -123,6 +139,35 @@ impl Plugin for Hostile {
                 eprintln!("hello from stderr");
                 stamp("printed");
             }
+            "reply-split" => {
+                return Action::Respond(Reply {
+                    status: 200,
+                    headers: vec![Header {
+                        name: "content-length".into(),
+                        value: "0".into(),
+                    }],
+                    body: b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged".to_vec(),
+                });
+            }
+            "reply-interim" => {
+                return Action::Respond(Reply {
+                    status: 101,
+                    headers: vec![Header {
+                        name: "upgrade".into(),
+                        value: "websocket".into(),
+                    }],
+                    body: vec![],
+                });
+            }
+            "edit-framing" => {
+                let refused = FRAMING
+                    .iter()
+                    .filter(|(n, v)| {
+                        req.set_header(n, v).is_err() && req.append_header(n, v).is_err()
+                    })
+                    .count();
+                stamp(&format!("refused {refused} of {}", FRAMING.len()));
+            }
             _ => stamp("ok"),
         }
         Action::Continue
@@ -131,6 +176,15 @@ impl Plugin for Hostile {
     fn on_response(&mut self, _req: &Request, resp: &Response) {
         if self.0.mode == "loop-response" {
             spin();
+        }
+        if self.0.mode == "edit-framing" {
+            let refused = FRAMING
+                .iter()
+                .filter(|(n, v)| resp.set_header(n, v).is_err())
+                .count()
+                + usize::from(resp.remove_header("content-length").is_err())
+                + usize::from(resp.set_status(100).is_err());
+            let _ = resp.set_header("x-hostile-refused", &refused.to_string());
         }
         let _ = resp.set_header("x-hostile-response", "ran");
     }
