@@ -10,7 +10,9 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use weir::config::Isolation;
-use weir::plugin::{ChainPlugin, Outcome, PluginUse, RequestState, ResponseState, Runtime};
+use weir::plugin::{
+    Chain, ChainPlugin, Lease, Outcome, PluginUse, RequestState, ResponseState, Runtime,
+};
 
 fn wasm(stem: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
@@ -65,21 +67,16 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
     .unwrap()
 }
 
-async fn run_chain(chain: &[ChainPlugin]) {
-    let mut req = request();
-    for p in chain {
-        let (back, outcome) = p.on_request(req).await.unwrap();
-        assert!(matches!(outcome, Outcome::Continue));
-        req = back;
-    }
-    req.read_only = true;
-    let mut resp = ResponseState {
+async fn run_chain(plugins: &[ChainPlugin]) {
+    // One request: one lease per plugin across both hooks, as the proxy does.
+    let mut chain = Chain::new(plugins);
+    let (req, early) = chain.request(request()).await.unwrap();
+    assert!(early.is_none(), "chain answered early");
+    let resp = ResponseState {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
     };
-    for p in chain.iter().rev() {
-        (req, resp) = p.on_response(req, resp).await.unwrap();
-    }
+    chain.response(req, resp).await.unwrap();
 }
 
 const HEADERS: &str = r#"{"request":{"set":{"x-route":"${route_id}"}}}"#;
@@ -109,12 +106,10 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("hook");
     g.bench_function("on_request/reused_instance", |b| {
-        b.to_async(&rt)
-            .iter(|| async { reused.on_request(request()).await.unwrap().1 })
+        b.to_async(&rt).iter(|| async { hook(&reused).await })
     });
     g.bench_function("on_request/fresh_instance", |b| {
-        b.to_async(&rt)
-            .iter(|| async { fresh.on_request(request()).await.unwrap().1 })
+        b.to_async(&rt).iter(|| async { hook(&fresh).await })
     });
     g.bench_function("request_state_only", |b| b.iter(request));
     g.finish();
@@ -143,3 +138,11 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(plugin, benches);
 criterion_main!(plugin);
+
+/// One request hook on its own lease, returned after.
+async fn hook(p: &ChainPlugin) -> Outcome {
+    let mut lease = Lease::default();
+    let (_, outcome) = p.on_request(&mut lease, request()).await.unwrap();
+    p.release(lease);
+    outcome
+}

@@ -50,10 +50,11 @@ pub enum GatewayError {
     /// The upstream is at its `max_requests` (circuit open).
     #[error("upstream `{0}` is at its concurrency limit")]
     UpstreamOverloaded(String),
-    /// Every target of the upstream is unhealthy or ejected.
-    #[error("upstream `{0}` has no healthy target")]
-    NoHealthyTarget(String),
-    /// The upstream could not be reached or broke the exchange.
+    /// No connection to the target could be made: nothing was sent, so
+    /// another target may be tried.
+    #[error("upstream unavailable: {0}")]
+    UpstreamConnect(String),
+    /// The upstream broke the exchange after the request was (partly) sent.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
     /// The upstream did not answer in time.
@@ -62,8 +63,8 @@ pub enum GatewayError {
     /// A fail-closed plugin trapped, timed out, hit a limit or returned something invalid.
     #[error("{error}")]
     Plugin {
-        /// What failed.
-        error: crate::plugin::PluginError,
+        /// What failed (the plugin runtime's error, already logged there).
+        error: Box<dyn std::error::Error + Send + Sync>,
         /// The route's `fail_status` for this plugin.
         status: StatusCode,
     },
@@ -84,10 +85,10 @@ impl GatewayError {
             | GatewayError::BadFraming(_)
             | GatewayError::AmbiguousHost(_)
             | GatewayError::BodyTimeout(_) => Blame::Downstream,
-            GatewayError::UpstreamUnavailable(_)
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
-            | GatewayError::UpstreamOverloaded(_)
-            | GatewayError::NoHealthyTarget(_) => Blame::Upstream,
+            | GatewayError::UpstreamOverloaded(_) => Blame::Upstream,
             GatewayError::Plugin { .. } => Blame::Plugin,
             GatewayError::Internal(_) => Blame::Internal,
         }
@@ -104,9 +105,10 @@ impl GatewayError {
         )
     }
 
-    /// Whether retrying the same request elsewhere could succeed.
+    /// Whether sending the same request to another target could succeed
+    /// without risk: only when nothing reached the first one.
     pub fn retryable(&self) -> bool {
-        matches!(self, GatewayError::UpstreamUnavailable(_))
+        matches!(self, GatewayError::UpstreamConnect(_))
     }
 
     /// The status the client gets.
@@ -119,10 +121,10 @@ impl GatewayError {
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::BadFraming(_) | GatewayError::AmbiguousHost(_) => StatusCode::BAD_REQUEST,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::UpstreamOverloaded(_) | GatewayError::NoHealthyTarget(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            GatewayError::UpstreamOverloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
             }
-            GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Plugin { status, .. } => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

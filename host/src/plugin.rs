@@ -7,11 +7,14 @@
 //! - [`LoadedPlugin`]: a compiled, type-checked, pre-linked component.
 //! - [`ChainPlugin`]: a plugin as used by one route: its config, isolation
 //!   mode, failure policy and pool of initialised instances; runs the hooks.
+//! - [`Chain`]: a route's plugins as one request runs them, on one leased
+//!   instance per plugin ([`Lease`]) for the whole request.
 //! - [`Policy`]: the sandbox of one plugin: [`Limits`] and [`Grants`]; which
 //!   imports are allowed is decided per [`Capability`].
 
 mod bindings;
 pub mod capability;
+mod chain;
 pub mod host;
 mod instance;
 pub mod limits;
@@ -26,8 +29,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use bindings::{Action, Reply};
 pub use capability::Capability;
+pub use chain::{Chain, Early, Failed};
 pub use host::http::{RequestState, ResponseState};
-pub use instance::{ChainPlugin, FailPolicy, Outcome, PluginError, PluginErrorKind, PluginUse};
+pub use instance::{
+    ChainPlugin, FailPolicy, Lease, Outcome, PluginError, PluginErrorKind, PluginUse,
+};
 pub use limits::{Grants, Limits, Policy};
 
 use host::HostState;

@@ -57,6 +57,29 @@ pub struct ServerSettings {
     pub tls: Option<TlsSettings>,
 }
 
+impl ServerSettings {
+    /// The plain values of `[server]`; listeners, trusted proxies and TLS
+    /// need checking and are left empty.
+    pub fn from_raw(raw: &config::Server) -> ServerSettings {
+        ServerSettings {
+            listen: Vec::new(),
+            header_read_timeout: raw.header_read_timeout.0,
+            max_header_bytes: raw.max_header_bytes,
+            max_body_bytes: raw.max_body_bytes,
+            max_headers: raw.max_headers,
+            max_uri_bytes: raw.max_uri_bytes,
+            body_read_timeout: raw.body_read_timeout.0,
+            idle_timeout: raw.idle_timeout.0,
+            max_connections: raw.max_connections.max(1),
+            shutdown_timeout: raw.shutdown_timeout.0,
+            trusted_proxies: Vec::new(),
+            allow_underscore_headers: raw.allow_underscore_headers,
+            allow_encoded_slashes: raw.allow_encoded_slashes,
+            tls: None,
+        }
+    }
+}
+
 /// `[server.tls]`, resolved: certificates loaded and checked against their keys.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -245,19 +268,9 @@ impl Snapshot {
         }
         let server = ServerSettings {
             listen,
-            header_read_timeout: doc.server.header_read_timeout.0,
-            max_header_bytes: doc.server.max_header_bytes,
-            max_body_bytes: doc.server.max_body_bytes,
-            max_headers: doc.server.max_headers,
-            max_uri_bytes: doc.server.max_uri_bytes,
-            body_read_timeout: doc.server.body_read_timeout.0,
-            idle_timeout: doc.server.idle_timeout.0,
-            max_connections: doc.server.max_connections.max(1),
-            shutdown_timeout: doc.server.shutdown_timeout.0,
             trusted_proxies,
-            allow_underscore_headers: doc.server.allow_underscore_headers,
-            allow_encoded_slashes: doc.server.allow_encoded_slashes,
             tls: doc.server.tls.as_ref().and_then(|t| resolve_tls(&mut l, t)),
+            ..ServerSettings::from_raw(&doc.server)
         };
 
         // Upstreams.

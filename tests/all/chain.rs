@@ -88,3 +88,38 @@ async fn request_isolation_gives_each_request_a_fresh_instance() {
         "request isolation keeps no instance"
     );
 }
+
+/// A route whose plugin counts requests in `self` and checks, in
+/// `on-response`, that it sees its own `on-request`'s count.
+fn self_count(up: &Upstream, isolation: &str) -> String {
+    format!(
+        r#"[plugins.hostile]
+path = "{}"
+isolation = "{isolation}"
+
+[[routes]]
+id = "count"
+prefix = "/"
+upstream = "{}"
+[[routes.plugins]]
+name = "hostile"
+config = {{ mode = "self-count" }}
+"#,
+        plugin("test_hostile"),
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn one_request_runs_both_hooks_on_one_instance() {
+    let up = Upstream::start("u").await;
+    for isolation in ["pooled", "request"] {
+        let gw = TestGateway::start(&self_count(&up, isolation)).await;
+        // Concurrent requests: each pooled instance serves one request at a time.
+        let answers = futures_util::future::join_all((0..16).map(|_| gw.get("/x"))).await;
+        for r in answers {
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-same-instance"), Some("yes"), "{isolation}");
+        }
+    }
+}

@@ -17,7 +17,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use weir::config::Isolation;
-use weir::plugin::{ChainPlugin, Outcome, PluginUse, RequestState, ResponseState, Runtime};
+use weir::plugin::{
+    Chain, ChainPlugin, Lease, Outcome, PluginUse, RequestState, ResponseState, Runtime,
+};
 
 const HEADERS: &str = r#"{"request":{"set":{"x-route":"${route_id}"},"remove":["x-debug"]},"response":{"set":{"x-served-by":"weir"}}}"#;
 const KEY_AUTH: &str = r#"{"keys":[{"key":"bench-key","consumer":"bench"}]}"#;
@@ -86,21 +88,16 @@ async fn chain(dir: &Path, isolation: Isolation) -> anyhow::Result<Vec<ChainPlug
     ])
 }
 
-async fn run_chain(chain: &[ChainPlugin]) {
-    let mut req = request();
-    for p in chain {
-        let (back, outcome) = p.on_request(req).await.expect("request hook");
-        assert!(matches!(outcome, Outcome::Continue), "chain answered early");
-        req = back;
-    }
-    req.read_only = true;
-    let mut resp = ResponseState {
+async fn run_chain(plugins: &[ChainPlugin]) {
+    // One request: one lease per plugin across both hooks, as the proxy does.
+    let mut chain = Chain::new(plugins);
+    let (req, early) = chain.request(request()).await.expect("chain");
+    assert!(early.is_none(), "chain answered early");
+    let resp = ResponseState {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
     };
-    for p in chain.iter().rev() {
-        (req, resp) = p.on_response(req, resp).await.expect("response hook");
-    }
+    chain.response(req, resp).await.expect("chain");
 }
 
 #[inline(never)]
@@ -141,10 +138,10 @@ fn micro(dir: &Path) -> anyhow::Result<()> {
     })?;
     let rtr = &rt;
     let hook_reused = time(20_000, || {
-        rtr.block_on(reused.on_request(request())).expect("hook");
+        rtr.block_on(hook(&reused));
     });
     let hook_fresh = time(5_000, || {
-        rtr.block_on(fresh.on_request(request())).expect("hook");
+        rtr.block_on(hook(&fresh));
     });
     // `ChainPlugin::new` with request isolation: instantiate + `init` (the
     // config parse), then the instance is dropped: the public API's
@@ -210,4 +207,12 @@ fn main() -> anyhow::Result<()> {
         ),
         _ => bail!("usage: bench-chain micro PLUGIN_DIR | calls PLUGIN_DIR [N]"),
     }
+}
+
+/// One request hook on its own lease, returned after.
+async fn hook(p: &ChainPlugin) -> Outcome {
+    let mut lease = Lease::default();
+    let (_, outcome) = p.on_request(&mut lease, request()).await.expect("chain");
+    p.release(lease);
+    outcome
 }

@@ -33,6 +33,12 @@ struct Instance {
     filter: bindings::Plugin,
 }
 
+/// The instance one request holds of one plugin, from its first hook to the
+/// end of the request: `on-request` and `on-response` see the same `self`.
+/// Give it back with [`ChainPlugin::release`] (a [`super::Chain`] does).
+#[derive(Default)]
+pub struct Lease(Option<Instance>);
+
 /// What a failure of this plugin does to a request of this route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailPolicy {
@@ -372,10 +378,11 @@ impl ChainPlugin {
     /// request is gone with the instance; the failure is logged and counted.
     pub async fn on_request(
         &self,
+        lease: &mut Lease,
         req: RequestState,
     ) -> Result<(RequestState, Outcome), PluginError> {
         let timeout = self.policy.limits.call_timeout;
-        tokio::time::timeout(timeout, self.request_hook(req))
+        tokio::time::timeout(timeout, self.request_hook(lease, req))
             .await
             .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
             .map_err(|kind| self.failed("on-request", kind))
@@ -383,10 +390,11 @@ impl ChainPlugin {
 
     async fn request_hook(
         &self,
+        lease: &mut Lease,
         req: RequestState,
     ) -> Result<(RequestState, Outcome), PluginErrorKind> {
         let limits = &self.policy.limits;
-        let mut inst = self.checkout().await?;
+        let mut inst = self.take(lease).await?;
         self.begin(&mut inst);
         let res = inst
             .store
@@ -420,8 +428,8 @@ impl ChainPlugin {
                 }
             }
         };
-        // Only an instance that did everything right goes back to the pool.
-        self.checkin(inst);
+        // Only an instance that did everything right is kept (and pooled at the end).
+        lease.0 = Some(inst);
         Ok((req, outcome))
     }
 
@@ -429,11 +437,12 @@ impl ChainPlugin {
     /// the plugin's limits. On failure both are gone with the instance.
     pub async fn on_response(
         &self,
+        lease: &mut Lease,
         req: RequestState,
         resp: ResponseState,
     ) -> Result<(RequestState, ResponseState), PluginError> {
         let timeout = self.policy.limits.call_timeout;
-        tokio::time::timeout(timeout, self.response_hook(req, resp))
+        tokio::time::timeout(timeout, self.response_hook(lease, req, resp))
             .await
             .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
             .map_err(|kind| self.failed("on-response", kind))
@@ -441,10 +450,11 @@ impl ChainPlugin {
 
     async fn response_hook(
         &self,
+        lease: &mut Lease,
         req: RequestState,
         resp: ResponseState,
     ) -> Result<(RequestState, ResponseState), PluginErrorKind> {
-        let mut inst = self.checkout().await?;
+        let mut inst = self.take(lease).await?;
         self.begin(&mut inst);
         let table = inst.store.data_mut().table();
         let full = |e: wasmtime::component::ResourceTableError| {
@@ -469,8 +479,24 @@ impl ChainPlugin {
             table.delete(rq).map_err(full)?,
             table.delete(rs).map_err(full)?,
         );
-        self.checkin(inst);
+        lease.0 = Some(inst);
         Ok(back)
+    }
+
+    /// The request's instance: the one it already holds, else a pooled or new one.
+    async fn take(&self, lease: &mut Lease) -> Result<Instance, PluginErrorKind> {
+        match lease.0.take() {
+            Some(inst) => Ok(inst),
+            None => self.checkout().await,
+        }
+    }
+
+    /// Ends a request's lease: a pooled instance goes back to the pool; with
+    /// `isolation = "request"` it is dropped, having lived one request.
+    pub fn release(&self, lease: Lease) {
+        if let Some(inst) = lease.0 {
+            self.checkin(inst);
+        }
     }
 
     /// Number of idle pooled instances (for tests and metrics).

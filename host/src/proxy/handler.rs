@@ -26,11 +26,11 @@
 //! not called; a fail-open plugin is skipped with its changes dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -38,12 +38,10 @@ use hyper::body::Incoming;
 use super::ConnInfo;
 use super::headers::{self as edge, set_forwarded, strip_hop_by_hop};
 use crate::body::{self, Body, BoxError};
-use crate::config::Fail;
 use crate::error::GatewayError;
-use crate::plugin::{ChainPlugin, Outcome, PluginError, RequestState, ResponseState};
+use crate::plugin::{Chain, Early, Failed, RequestState, ResponseState};
 use crate::router::host_of;
-use crate::snapshot::{Route, Snapshot};
-use crate::telemetry::metrics::Hook;
+use crate::snapshot::{Route, ServerSettings, Snapshot};
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Target, echo};
@@ -54,133 +52,465 @@ const UPLOAD_BUFFER: usize = 64 * 1024;
 
 /// Handles one request against `snap`; never fails: errors become responses.
 pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    let peer = conn.peer;
-    let started = Instant::now();
-    let http1 = req.version() < http::Version::HTTP_2;
-    let body_pending = !req.body().is_end_stream();
-    let method = req.method().clone();
-    let raw_path = req.uri().path().to_string();
-    let request_id = trace::request_id(req.headers());
-    let trace = TraceContext::from_headers(req.headers());
-    let mut log = Access::default();
-    let ids = Ids {
-        request_id: &request_id,
-        trace: &trace,
+    let mut ctx = RequestCtx::new(snap, &req, conn);
+    let resp = match ctx.proxy(req).await {
+        Ok(resp) => resp,
+        Err(e) => ctx.refuse(e),
     };
-    let mut matched = None;
-    let mut resp = match proxy(&snap, req, conn, ids, &mut log, &mut matched).await {
-        Ok(r) => r,
-        Err(e) => {
-            log.answered_by = Some("gateway".into());
-            match e.blame() {
-                crate::error::Blame::Downstream => {
-                    tracing::debug!(%peer, path = raw_path, error = %e, "request refused")
-                }
-                // Already logged by the plugin layer, with hook and reason.
-                crate::error::Blame::Plugin => {
-                    tracing::debug!(%peer, path = raw_path, route = log.route.as_deref(), error = %e, "request failed")
-                }
-                _ => {
-                    tracing::warn!(%peer, path = raw_path, route = log.route.as_deref(), request_id, error = %e, "request failed")
-                }
-            }
-            let mut resp = e.to_response();
-            if http1 && e.closes_connection() {
-                // The rest of what the client sent cannot be trusted as a next request.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
+    ctx.finish(resp)
+}
+
+/// What one request carries through its phases; each phase reads it and
+/// leaves what it learnt in it.
+struct RequestCtx {
+    /// The snapshot the request runs on, to the end.
+    snap: Arc<Snapshot>,
+    conn: ConnInfo,
+    started: Instant,
+    http1: bool,
+    method: Method,
+    /// The path as received, for logs when it cannot be normalised.
+    raw_path: String,
+    request_id: String,
+    trace: TraceContext,
+    /// The access record, filled in as phases run.
+    access: Access,
+    /// The matched route (phase 3).
+    route: Option<Arc<Route>>,
+    /// The client sent a body that nothing has read yet.
+    body_unread: bool,
+}
+
+impl RequestCtx {
+    fn new(snap: Arc<Snapshot>, req: &Request<Incoming>, conn: ConnInfo) -> RequestCtx {
+        RequestCtx {
+            snap,
+            conn,
+            started: Instant::now(),
+            http1: req.version() < http::Version::HTTP_2,
+            method: req.method().clone(),
+            raw_path: req.uri().path().to_string(),
+            request_id: trace::request_id(req.headers()),
+            trace: TraceContext::from_headers(req.headers()),
+            access: Access::default(),
+            route: None,
+            body_unread: !req.body().is_end_stream(),
         }
-    };
-    if http1 && body_pending && log.upstream_time.is_none() {
-        // Answered without reading the body (a plugin's 401, an error): close
-        // rather than let its bytes be read as the next request.
+    }
+
+    /// The phases, in order; an error from any of them is answered by [`RequestCtx::refuse`].
+    async fn proxy(&mut self, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        let snap = self.snap.clone();
+        let server = &snap.server;
+        let (mut parts, body) = req.into_parts();
+        check_limits(&parts, server)?;
+        let path = normalise(&parts, server)?;
+        self.access.path = Some(path.clone());
+        let (route, authority) = self.route(&parts, &path)?;
+        let upgrade = edge::websocket_upgrade(&parts)
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        let state = self.edge_headers(&mut parts, path, authority, &route);
+
+        let mut chain = Chain::new(&route.chain);
+        let (mut state, early) = self.request_chain(&mut chain, state).await?;
+        let (answer, tunnel) = match early {
+            Some(early) => (Answer::early(early), None),
+            None => self.upstream(&route, &mut state, body, upgrade).await?,
+        };
+        let resp = self.response_chain(&mut chain, state, answer).await?;
+        Ok(finish_response(resp, tunnel, &route.id))
+    }
+
+    /// Phase 3, **route**: by host, path and method. Leaves the route in the context.
+    fn route(
+        &mut self,
+        parts: &http::request::Parts,
+        path: &str,
+    ) -> Result<(Arc<Route>, Option<String>), GatewayError> {
+        let authority = routed_authority(parts)?;
+        let host = authority.as_deref().map(host_of);
+        let route = self
+            .snap
+            .router
+            .find(host.as_deref(), path, &parts.method)
+            .map_err(|method_mismatch| {
+                if method_mismatch {
+                    GatewayError::MethodNotAllowed
+                } else {
+                    GatewayError::NoRoute
+                }
+            })?
+            .clone();
+        self.access.route = Some(route.id.clone());
+        self.route = Some(route.clone());
+        Ok((route, authority))
+    }
+
+    /// Phase 4a, **edge headers**: hop-by-hop and underscore headers go,
+    /// forwarding headers, the request id and this hop's `traceparent` are
+    /// set; what is left becomes the request plugins see (and may change).
+    fn edge_headers(
+        &self,
+        parts: &mut http::request::Parts,
+        path: String,
+        authority: Option<String>,
+        route: &Route,
+    ) -> RequestState {
+        let server = &self.snap.server;
+        let client = edge_rules(parts, self.conn, authority.as_deref(), server);
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            parts.headers.insert(trace::REQUEST_ID, v);
+        }
+        self.trace.inject(&mut parts.headers);
+        RequestState {
+            method: parts.method.clone(),
+            path,
+            query: parts.uri.query().map(str::to_string),
+            authority,
+            headers: std::mem::take(&mut parts.headers),
+            client,
+            route_id: route.id.clone(),
+            vars: vec![
+                ("request_id".into(), self.request_id.clone()),
+                ("trace_id".into(), self.trace.trace_id.clone()),
+            ],
+            read_only: false,
+        }
+    }
+
+    /// Phase 4b, **request chain**: each plugin's `on-request` in order; a
+    /// `respond` skips the rest and the upstream.
+    async fn request_chain(
+        &mut self,
+        chain: &mut Chain<'_>,
+        state: RequestState,
+    ) -> Result<(RequestState, Option<Early>), GatewayError> {
+        let result = chain.request(state).await;
+        self.access.plugin_time = chain.plugin_time;
+        if let Some(name) = &chain.answered_by {
+            self.access.answered_by = Some(name.clone());
+            self.access.short_circuit = Some(name.clone());
+        }
+        result.map_err(plugin_failed)
+    }
+
+    /// Phase 5, **upstream**: the body read (small ones whole first),
+    /// admission under `max_requests`, then attempts on targets picked by the
+    /// upstream's balancing until one answers or the retry policy says stop.
+    async fn upstream(
+        &mut self,
+        route: &Route,
+        state: &mut RequestState,
+        body: Incoming,
+        upgrade: Option<Option<hyper::upgrade::OnUpgrade>>,
+    ) -> Result<(Answer, Option<Tunnel>), GatewayError> {
+        let upgrading = upgrade.is_some();
+        let (resp, upstream_upgrade) = self.forward(route, state, body, upgrading).await?;
+        let (p, b) = resp.into_parts();
+        let mut tunnel = None;
+        if p.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Only a WebSocket request the upstream accepted becomes a tunnel.
+            match (upgrade.flatten(), upstream_upgrade) {
+                (Some(client), Some(upstream)) => tunnel = Some((client, upstream)),
+                _ => {
+                    return Err(GatewayError::UpstreamUnavailable(
+                        "the upstream switched protocols without being asked".into(),
+                    ));
+                }
+            }
+        }
+        let framing = p.headers.get(header::CONTENT_LENGTH).cloned();
+        let mut headers = p.headers;
+        strip_hop_by_hop(&mut headers);
+        Ok((
+            Answer {
+                status: p.status,
+                headers,
+                body: b,
+                framing,
+            },
+            tunnel,
+        ))
+    }
+
+    /// Phase 6, **response chain**: `on-response` of every plugin that ran,
+    /// in reverse, also for early answers.
+    async fn response_chain(
+        &mut self,
+        chain: &mut Chain<'_>,
+        state: RequestState,
+        answer: Answer,
+    ) -> Result<Answer, GatewayError> {
+        let Answer {
+            status,
+            headers,
+            body,
+            framing,
+        } = answer;
+        let result = chain
+            .response(state, ResponseState { status, headers })
+            .await;
+        self.access.plugin_time = chain.plugin_time;
+        let (_, resp) = result.map_err(plugin_failed)?;
+        Ok(Answer {
+            status: resp.status,
+            headers: resp.headers,
+            body,
+            framing,
+        })
+    }
+
+    /// Sends the request upstream: the body (a small one read whole first),
+    /// admission under `max_requests`, then [`attempt`]s on targets picked by
+    /// the upstream's balancing, retried on another target while the error is
+    /// retryable, the request can be sent again and the budget allows.
+    /// Passive health is reported per attempt.
+    async fn forward(
+        &mut self,
+        route: &Route,
+        state: &mut RequestState,
+        body: Incoming,
+        upgrading: bool,
+    ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
+        let server = &self.snap.server;
+        let upstream = &route.upstream;
+        // A request without a body can be sent again; one with a body streams once.
+        let replayable = body.is_end_stream();
+        let mut upload = None;
+        if !replayable {
+            self.body_unread = false;
+            let limit = usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX);
+            let timed = body::Timed::new(Limited::new(body, limit), server.body_read_timeout);
+            // Read before a place under `max_requests` is taken: a client
+            // trickling a small body must not hold one.
+            let up = body::Upload::begin(timed.boxed(), UPLOAD_BUFFER)
+                .await
+                .map_err(|e| classify(e, server, "the client"))?;
+            upload = Some(up);
+        }
+        let client_done = upload.as_ref().map(body::Upload::client_done);
+        let mut admitted = upstream.admit()?;
+        let mut pq = state.path.clone();
+        if let Some(q) = &state.query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let key = upstream.hash_key(state.client.ip(), &state.headers);
+        // Response hooks see the request's headers; without a chain they can move.
+        let mut headers: HeaderMap = if route.chain.is_empty() {
+            std::mem::take(&mut state.headers)
+        } else {
+            state.headers.clone()
+        };
+        if upgrading {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        let retry = replayable && state.method.is_idempotent();
+        let mut tried = Vec::new();
+        loop {
+            let index = upstream.pick(key, &tried);
+            let endpoint = &upstream.endpoints()[index];
+            upstream.begin(&mut admitted, index);
+            let metrics = route.metrics.target(index);
+            if let Some(m) = metrics {
+                self.access.upstream = Some(m.label.clone());
+            }
+            let may_retry = retry
+                && tried.len() < upstream.settings.retries as usize
+                && tried.len() + 1 < upstream.endpoints().len();
+            let mut uri = String::with_capacity(endpoint.base_url.len() + pq.len());
+            uri.push_str(&endpoint.base_url);
+            uri.push_str(&pq);
+            let mut req = Request::builder()
+                .method(state.method.clone())
+                .uri(uri)
+                .body(upload.take().map_or_else(body::empty, BodyExt::boxed))
+                .map_err(|e| {
+                    GatewayError::Internal(format!("cannot build the upstream request: {e}"))
+                })?;
+            *req.headers_mut() = if may_retry {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+
+            let sent = Instant::now();
+            let result = attempt(
+                upstream,
+                &endpoint.target,
+                req,
+                server,
+                client_done.as_deref(),
+            )
+            .await;
+            let took = sent.elapsed();
+            self.access.upstream_time = Some(self.access.upstream_time.unwrap_or_default() + took);
+            if let Some(m) = metrics {
+                m.exchanged(result.as_ref().map(|_| ()), took);
+            }
+            let failed = match &result {
+                Ok((r, _)) => matches!(r.status().as_u16(), 502..=504),
+                Err(e) => e.blame() == crate::error::Blame::Upstream,
+            };
+            upstream.report(index, !failed);
+            // Retries go to another target: one that refused a connection just now would again.
+            if let Err(e) = &result
+                && e.retryable()
+                && may_retry
+                && upstream.take_retry()
+            {
+                tracing::debug!(upstream = %upstream.name, target = %endpoint.target, "connect failed; retrying on another target");
+                tried.push(index);
+                continue;
+            }
+            // The place under `max_requests` is held until the response body ends.
+            return result
+                .map(|(resp, up)| (resp.map(|b| body::Hold::new(b, admitted).boxed()), up));
+        }
+    }
+
+    /// Answers an error of any phase; the log line's level follows whose fault it was.
+    fn refuse(&mut self, e: GatewayError) -> Response<Body> {
+        self.access.answered_by = Some("gateway".into());
+        let (peer, path, route) = (self.conn.peer, &self.raw_path, self.access.route.as_deref());
+        match e.blame() {
+            crate::error::Blame::Downstream => {
+                tracing::debug!(%peer, path, error = %e, "request refused")
+            }
+            // Already logged by the plugin layer, with hook and reason.
+            crate::error::Blame::Plugin => {
+                tracing::debug!(%peer, path, route, error = %e, "request failed")
+            }
+            _ => {
+                tracing::warn!(%peer, path, route, request_id = self.request_id, error = %e, "request failed")
+            }
+        }
+        let mut resp = e.to_response();
+        if self.http1 && e.closes_connection() {
+            // The rest of what the client sent cannot be trusted as a next request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// Phase 7, **finish**: connection handling after an unread body, the
+    /// request id on the answer, route metrics and the access record.
+    fn finish(self, mut resp: Response<Body>) -> Response<Body> {
+        if self.http1 && self.body_unread {
+            // Answered without reading the body (a plugin's 401, an error): close
+            // rather than let its bytes be read as the next request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            resp.headers_mut().insert(trace::REQUEST_ID, v);
+        }
+        let elapsed = self.started.elapsed();
+        self.route
+            .as_ref()
+            .map_or_else(|| self.snap.metrics.unrouted(), |r| &r.metrics)
+            .answered(resp.status(), elapsed);
+        // Exact for replies, errors and upstream bodies with a Content-Length; never buffered to count.
+        let bytes = resp.body().size_hint().exact();
+        let info = RequestInfo {
+            method: &self.method,
+            raw_path: &self.raw_path,
+            peer: self.conn.peer,
+            request_id: &self.request_id,
+            trace_id: &self.trace.trace_id,
+        };
+        log_access(&info, &self.access, resp.status(), bytes, elapsed);
+        resp
+    }
+}
+
+/// A response on its way back: from the upstream or a plugin's early answer.
+struct Answer {
+    status: http::StatusCode,
+    headers: HeaderMap,
+    body: Body,
+    /// The upstream's `Content-Length`: framing stays the gateway's, whatever plugins do.
+    framing: Option<HeaderValue>,
+}
+
+impl Answer {
+    fn early(e: Early) -> Answer {
+        Answer {
+            status: e.status,
+            headers: e.headers,
+            body: body::full(e.body),
+            // The reply's length is its body's: hyper frames it.
+            framing: None,
+        }
+    }
+}
+
+/// Both sides of a WebSocket upgrade the upstream accepted.
+type Tunnel = (hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade);
+
+/// The response the client gets: plugin-proof framing, and the tunnel started.
+fn finish_response(answer: Answer, tunnel: Option<Tunnel>, route: &Arc<str>) -> Response<Body> {
+    let mut resp = Response::new(answer.body);
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = answer.headers;
+    // Plugins cannot set hop-by-hop or framing headers; strip again all the same.
+    strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    if let Some(cl) = answer.framing {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, cl);
+    }
+    if let Some((client, upstream)) = tunnel {
         resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        tokio::spawn(splice(client, upstream, route.clone()));
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(trace::REQUEST_ID, v);
-    }
-    let elapsed = started.elapsed();
-    matched
-        .as_ref()
-        .map_or_else(|| snap.metrics.unrouted(), |r: &Arc<Route>| &r.metrics)
-        .answered(resp.status(), elapsed);
-    // Exact for replies, errors and upstream bodies with a Content-Length; never buffered to count.
-    let bytes = resp.body().size_hint().exact();
-    let info = RequestInfo {
-        method: &method,
-        raw_path: &raw_path,
-        peer,
-        request_id: &request_id,
-        trace_id: &trace.trace_id,
-    };
-    log_access(&info, &log, resp.status(), bytes, elapsed);
     resp
 }
 
-/// The ids this request carries.
-#[derive(Clone, Copy)]
-struct Ids<'a> {
-    request_id: &'a str,
-    trace: &'a TraceContext,
-}
-
-async fn proxy(
-    snap: &Snapshot,
-    req: Request<Incoming>,
-    conn: ConnInfo,
-    ids: Ids<'_>,
-    log: &mut Access,
-    matched: &mut Option<Arc<Route>>,
-) -> Result<Response<Body>, GatewayError> {
-    let (mut parts, body) = req.into_parts();
-    let server = &snap.server;
-
-    // 1. limits and framing
+/// Phase 1, **limits**: URI length (414), ambiguous framing (400), a
+/// declared body over `max_body_bytes` (413).
+fn check_limits(parts: &http::request::Parts, server: &ServerSettings) -> Result<(), GatewayError> {
     if parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
         return Err(GatewayError::UriTooLong(server.max_uri_bytes));
     }
     edge::check_framing(&parts.headers)?;
-    let max_body = server.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err(GatewayError::BodyTooLarge(max_body));
+    if declared.is_some_and(|n| n > server.max_body_bytes) {
+        return Err(GatewayError::BodyTooLarge(server.max_body_bytes));
     }
+    Ok(())
+}
 
-    // 2. normalise
+/// Phase 2, **normalise** the path once; every later phase sees that path.
+fn normalise(
+    parts: &http::request::Parts,
+    server: &ServerSettings,
+) -> Result<String, GatewayError> {
     let path = crate::path::normalise(parts.uri.path())?;
     if !server.allow_encoded_slashes && crate::path::has_encoded_slash(&path) {
         return Err(crate::path::PathError::EncodedSlash.into());
     }
-    log.path = Some(path.clone());
+    Ok(path)
+}
 
-    // 3. route
-    let authority = routed_authority(&parts)?;
-    let host = authority.as_deref().map(host_of);
-    let route: Arc<Route> = snap
-        .router
-        .find(host.as_deref(), &path, &parts.method)
-        .map_err(|method_mismatch| {
-            if method_mismatch {
-                GatewayError::MethodNotAllowed
-            } else {
-                GatewayError::NoRoute
-            }
-        })?
-        .clone();
-    log.route = Some(route.id.clone());
-    *matched = Some(route.clone());
-
-    // 4. request chain: edge rules first, so plugins see (and may change) what the upstream gets
-    let upgrade = edge::websocket_upgrade(&parts)
-        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-    // `TE: trailers` is the one TE value passed on: gRPC needs it end to end.
+/// The header rules of phase 4a: hop-by-hop headers go (but `TE: trailers`,
+/// which gRPC needs end to end), underscore names go unless allowed,
+/// `X-Forwarded-*` are set. Returns the client plugins see: the peer, or
+/// behind trusted proxies the forwarded client.
+fn edge_rules(
+    parts: &mut http::request::Parts,
+    conn: ConnInfo,
+    authority: Option<&str>,
+    server: &ServerSettings,
+) -> std::net::SocketAddr {
     let te_trailers = parts
         .headers
         .get(header::TE)
@@ -194,7 +524,6 @@ async fn proxy(
     if !server.allow_underscore_headers {
         edge::drop_underscore_names(&mut parts.headers);
     }
-    let tls = conn.tls;
     let trusted = server
         .trusted_proxies
         .iter()
@@ -205,129 +534,8 @@ async fn proxy(
     } else {
         conn.peer
     };
-    set_forwarded(
-        &mut parts.headers,
-        conn.peer,
-        authority.as_deref(),
-        tls,
-        trusted,
-    );
-    if let Ok(v) = HeaderValue::from_str(ids.request_id) {
-        parts.headers.insert(trace::REQUEST_ID, v);
-    }
-    ids.trace.inject(&mut parts.headers);
-    let mut state = RequestState {
-        method: parts.method.clone(),
-        path,
-        query: parts.uri.query().map(str::to_string),
-        authority,
-        headers: std::mem::take(&mut parts.headers),
-        client,
-        route_id: route.id.clone(),
-        vars: vec![
-            ("request_id".into(), ids.request_id.into()),
-            ("trace_id".into(), ids.trace.trace_id.clone()),
-        ],
-        read_only: false,
-    };
-    let mut ran = Vec::with_capacity(route.chain.len());
-    let mut early = None;
-    for (i, plugin) in route.chain.iter().enumerate() {
-        // Fail open means "as if it were not there": keep the request as it was before it.
-        let before = (plugin.fail.mode == Fail::Open).then(|| state.clone());
-        let t = Instant::now();
-        let result = plugin.on_request(state).await;
-        let took = t.elapsed();
-        log.plugin_time += took;
-        plugin.metrics.called(Hook::Request, took);
-        match result {
-            Ok((back, outcome)) => {
-                state = back;
-                ran.push(i);
-                if let Outcome::Respond {
-                    status,
-                    headers,
-                    body,
-                } = outcome
-                {
-                    plugin.metrics.short_circuited(status.as_u16());
-                    log.answered_by = Some(plugin.name().clone());
-                    log.short_circuit = Some(plugin.name().clone());
-                    early = Some((status, headers, body));
-                    break;
-                }
-            }
-            Err(e) => {
-                plugin.metrics.failed(&e.kind);
-                state = before.ok_or_else(|| closed(plugin, e))?;
-            }
-        }
-    }
-
-    // 5. upstream (unless a plugin answered)
-    let mut tunnel = None;
-    let (status, mut headers, body) = match early {
-        Some((status, headers, bytes)) => (status, headers, body::full(bytes)),
-        None => {
-            let upgrading = upgrade.is_some();
-            let (resp, upstream_upgrade) =
-                forward(&route, &mut state, body, server, upgrading, log).await?;
-            let (p, b) = resp.into_parts();
-            if p.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                // Only a WebSocket request the upstream accepted becomes a tunnel.
-                match (upgrade.flatten(), upstream_upgrade) {
-                    (Some(client), Some(upstream)) => tunnel = Some((client, upstream)),
-                    _ => {
-                        return Err(GatewayError::UpstreamUnavailable(
-                            "the upstream switched protocols without being asked".into(),
-                        ));
-                    }
-                }
-            }
-            (p.status, p.headers, b)
-        }
-    };
-    let framing = headers.get(header::CONTENT_LENGTH).cloned();
-    strip_hop_by_hop(&mut headers);
-
-    // 6. response chain, reverse order
-    let mut resp_state = ResponseState { status, headers };
-    state.read_only = true;
-    for &i in ran.iter().rev() {
-        let plugin = &route.chain[i];
-        let before = (plugin.fail.mode == Fail::Open).then(|| (state.clone(), resp_state.clone()));
-        let t = Instant::now();
-        let result = plugin.on_response(state, resp_state).await;
-        let took = t.elapsed();
-        log.plugin_time += took;
-        plugin.metrics.called(Hook::Response, took);
-        match result {
-            Ok(back) => (state, resp_state) = back,
-            Err(e) => {
-                plugin.metrics.failed(&e.kind);
-                (state, resp_state) = before.ok_or_else(|| closed(plugin, e))?;
-            }
-        }
-    }
-
-    let mut resp = Response::new(body);
-    *resp.status_mut() = resp_state.status;
-    *resp.headers_mut() = resp_state.headers;
-    // Plugins cannot set hop-by-hop or framing headers; strip again all the same.
-    strip_hop_by_hop(resp.headers_mut());
-    if let Some((client, upstream)) = tunnel {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        resp.headers_mut()
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        tokio::spawn(splice(client, upstream, route.id.clone()));
-    }
-    // Framing belongs to the gateway: a plugin cannot desync the body length.
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
-    if let Some(cl) = framing {
-        resp.headers_mut().insert(header::CONTENT_LENGTH, cl);
-    }
-    Ok(resp)
+    set_forwarded(&mut parts.headers, conn.peer, authority, conn.tls, trusted);
+    client
 }
 
 /// The authority the request is routed by, and the only one the upstream
@@ -354,150 +562,51 @@ fn routed_authority(parts: &http::request::Parts) -> Result<Option<String>, Gate
     }
 }
 
-/// The answer of a fail-closed plugin that failed.
-fn closed(plugin: &ChainPlugin, error: PluginError) -> GatewayError {
-    GatewayError::Plugin {
-        error,
-        status: plugin.fail.status,
+/// One exchange with one target, under the upstream's `request_timeout`.
+/// A timeout while the client is still sending its body is the client's
+/// fault (408), not the target's.
+async fn attempt(
+    upstream: &crate::upstream::Upstream,
+    target: &Target,
+    req: Request<Body>,
+    server: &ServerSettings,
+    client_done: Option<&AtomicBool>,
+) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
+    match target {
+        Target::Echo => echo::respond(req)
+            .await
+            .map(|r| (r, None))
+            .map_err(|e| classify(e, server, "builtin:echo")),
+        Target::Http { .. } => {
+            let timeout = upstream.settings.request_timeout;
+            match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+                Err(_) if client_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
+                    Err(GatewayError::BodyTimeout(timeout))
+                }
+                Err(_) => Err(GatewayError::UpstreamTimeout(timeout)),
+                Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(format!(
+                    "{target}: {}",
+                    crate::error::chain(&e)
+                ))),
+                Ok(Err(e)) => Err(classify(Box::new(e), server, &target.to_string())),
+                Ok(Ok(mut resp)) => {
+                    let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| hyper::upgrade::on(&mut resp));
+                    Ok((
+                        resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+                        up,
+                    ))
+                }
+            }
+        }
     }
 }
 
-/// Sends the request to a target of the route's upstream: admission under
-/// `max_requests`, target choice, retries of connect failures (idempotent
-/// requests without a body, within the retry budget), passive health
-/// reports. Returns the response and, for a WebSocket upgrade, the
-/// upstream side of the tunnel.
-async fn forward(
-    route: &Route,
-    state: &mut RequestState,
-    body: Incoming,
-    server: &crate::snapshot::ServerSettings,
-    upgrading: bool,
-    log: &mut Access,
-) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
-    let upstream = &route.upstream;
-    let max_body = server.max_body_bytes;
-    // A request without a body can be sent again; one with a body streams once.
-    let replayable = body.is_end_stream();
-    // A small body is read whole before a place under `max_requests` is
-    // taken: a client trickling its body must not hold one.
-    let mut upload = None;
-    let mut client_done = None;
-    if !replayable {
-        let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
-        let timed = body::Timed::new(limited, server.body_read_timeout).boxed();
-        let up = body::Upload::begin(timed, UPLOAD_BUFFER)
-            .await
-            .map_err(|e| classify(e, server, "the client"))?;
-        client_done = Some(up.client_done());
-        upload = Some(up);
-    }
-    let mut admitted = upstream.admit()?;
-    let mut pq = state.path.clone();
-    if let Some(q) = &state.query {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let key = upstream.hash_key(state.client.ip(), &state.headers);
-    // Response hooks see the request's headers; without a chain they can move.
-    let mut headers: HeaderMap = if route.chain.is_empty() {
-        std::mem::take(&mut state.headers)
-    } else {
-        state.headers.clone()
-    };
-    if upgrading {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    }
-    let mut next_body = || -> Body { upload.take().map_or_else(body::empty, |u| u.boxed()) };
-    let retry = replayable && state.method.is_idempotent();
-    let mut tried = Vec::new();
-    loop {
-        let index = upstream.pick(key, &tried);
-        let endpoint = &upstream.endpoints()[index];
-        let target = &endpoint.target;
-        upstream.begin(&mut admitted, index);
-        let metrics = route.metrics.target(index);
-        if let Some(m) = metrics {
-            log.upstream = Some(m.label.clone());
-        }
-        let mut uri = String::with_capacity(endpoint.base_url.len() + pq.len());
-        uri.push_str(&endpoint.base_url);
-        uri.push_str(&pq);
-        let mut req = Request::builder()
-            .method(state.method.clone())
-            .uri(uri)
-            .body(next_body())
-            .map_err(|e| {
-                GatewayError::Internal(format!("cannot build the upstream request: {e}"))
-            })?;
-        let may_retry = retry
-            && tried.len() < upstream.settings.retries as usize
-            && tried.len() + 1 < upstream.endpoints().len();
-        *req.headers_mut() = if may_retry {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
-
-        let sent = Instant::now();
-        let mut connect_failed = false;
-        let result = match target {
-            Target::Echo => echo::respond(req)
-                .await
-                .map(|r| (r, None))
-                .map_err(|e| classify(e, server, "builtin:echo")),
-            Target::Http { .. } => {
-                match tokio::time::timeout(
-                    upstream.settings.request_timeout,
-                    upstream.client.request(req),
-                )
-                .await
-                {
-                    // Still waiting for the client's body: the client is slow, not the target.
-                    Err(_)
-                        if client_done
-                            .as_ref()
-                            .is_some_and(|d| !d.load(Ordering::Relaxed)) =>
-                    {
-                        Err(GatewayError::BodyTimeout(upstream.settings.request_timeout))
-                    }
-                    Err(_) => Err(GatewayError::UpstreamTimeout(
-                        upstream.settings.request_timeout,
-                    )),
-                    Ok(Err(e)) => {
-                        connect_failed = e.is_connect();
-                        Err(classify(Box::new(e), server, &target.to_string()))
-                    }
-                    Ok(Ok(mut resp)) => {
-                        let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-                            .then(|| hyper::upgrade::on(&mut resp));
-                        Ok((
-                            resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
-                            up,
-                        ))
-                    }
-                }
-            }
-        };
-        let took = sent.elapsed();
-        log.upstream_time = Some(log.upstream_time.unwrap_or_default() + took);
-        if let Some(m) = metrics {
-            m.exchanged(result.as_ref().map(|_| ()), took);
-        }
-        let failed = match &result {
-            Ok((r, _)) => matches!(r.status().as_u16(), 502..=504),
-            Err(e) => e.blame() == crate::error::Blame::Upstream,
-        };
-        upstream.report(index, !failed);
-        // Retries go to another target: one that refused a connection just now would again.
-        if connect_failed && may_retry && upstream.take_retry() {
-            tracing::debug!(upstream = %upstream.name, target = %target, "connect failed; retrying on another target");
-            tried.push(index);
-            continue;
-        }
-        // The place under `max_requests` is held until the response body ends.
-        return result.map(|(resp, up)| (resp.map(|b| body::Hold::new(b, admitted).boxed()), up));
+/// A fail-closed plugin's failure, as the request's error.
+fn plugin_failed(f: Failed) -> GatewayError {
+    GatewayError::Plugin {
+        error: Box::new(f.error),
+        status: f.status,
     }
 }
 
@@ -523,7 +632,7 @@ async fn splice(
 }
 
 /// Sorts a failed exchange into client-body-too-large or upstream failure.
-fn classify(e: BoxError, server: &crate::snapshot::ServerSettings, target: &str) -> GatewayError {
+fn classify(e: BoxError, server: &ServerSettings, target: &str) -> GatewayError {
     let err: &(dyn std::error::Error + 'static) = e.as_ref();
     if has::<http_body_util::LengthLimitError>(err) {
         GatewayError::BodyTooLarge(server.max_body_bytes)
@@ -546,4 +655,107 @@ fn has<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) 
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: http::request::Builder) -> http::request::Parts {
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn server() -> ServerSettings {
+        ServerSettings::from_raw(&crate::config::Server::default())
+    }
+
+    fn conn(peer: &str) -> ConnInfo {
+        ConnInfo {
+            peer: peer.parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn limits_refuse_long_targets_ambiguous_framing_and_big_declared_bodies() {
+        let s = server();
+        let long = format!("/{}", "a".repeat(s.max_uri_bytes));
+        assert!(matches!(
+            check_limits(&parts(Request::get(long)), &s),
+            Err(GatewayError::UriTooLong(_))
+        ));
+        let both = Request::post("/")
+            .header("content-length", "3")
+            .header("content-length", "4");
+        assert!(matches!(
+            check_limits(&parts(both), &s),
+            Err(GatewayError::BadFraming(_))
+        ));
+        let big = Request::post("/").header("content-length", (s.max_body_bytes + 1).to_string());
+        assert!(matches!(
+            check_limits(&parts(big), &s),
+            Err(GatewayError::BodyTooLarge(_))
+        ));
+        assert!(check_limits(&parts(Request::get("/ok")), &s).is_ok());
+    }
+
+    #[test]
+    fn normalise_resolves_dots_and_refuses_encoded_slashes_and_backslashes() {
+        let s = server();
+        assert_eq!(
+            normalise(&parts(Request::get("/a/./b/../c//d")), &s).unwrap(),
+            "/a/c/d"
+        );
+        for bad in ["/a%2Fb", "/a%5cb", "/x\\..\\admin"] {
+            assert!(normalise(&parts(Request::get(bad)), &s).is_err(), "{bad}");
+        }
+        let mut open = server();
+        open.allow_encoded_slashes = true;
+        assert_eq!(
+            normalise(&parts(Request::get("/a%2Fb")), &open).unwrap(),
+            "/a%2Fb"
+        );
+    }
+
+    #[test]
+    fn the_routed_authority_is_the_one_host_there_is() {
+        let host = |h: &str| Request::get("/").header("host", h);
+        assert_eq!(
+            routed_authority(&parts(host("a.example")))
+                .unwrap()
+                .as_deref(),
+            Some("a.example")
+        );
+        let absolute = Request::get("http://a.example/x").header("host", "A.example");
+        assert_eq!(
+            routed_authority(&parts(absolute)).unwrap().as_deref(),
+            Some("a.example")
+        );
+        let disagree = Request::get("http://a.example/x").header("host", "b.example");
+        assert!(routed_authority(&parts(disagree)).is_err());
+        let two = host("a.example").header("host", "b.example");
+        assert!(routed_authority(&parts(two)).is_err());
+        assert_eq!(routed_authority(&parts(Request::get("/"))).unwrap(), None);
+    }
+
+    #[test]
+    fn edge_rules_strip_hop_by_hop_keep_te_trailers_and_replace_forwarding() {
+        let mut p = parts(
+            Request::get("/")
+                .header("connection", "x-secret")
+                .header("x-secret", "1")
+                .header("te", "trailers")
+                .header("x_user", "admin")
+                .header("x-forwarded-for", "6.6.6.6"),
+        );
+        let client = edge_rules(&mut p, conn("10.1.2.3:5000"), Some("gw.example"), &server());
+        assert_eq!(client, "10.1.2.3:5000".parse().unwrap());
+        let h = &p.headers;
+        assert!(h.get("connection").is_none() && h.get("x-secret").is_none());
+        assert_eq!(h["te"], "trailers");
+        assert!(h.get("x_user").is_none());
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["host"], "gw.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
 }

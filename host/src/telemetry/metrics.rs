@@ -489,7 +489,7 @@ impl TargetMetrics {
                 self.timeout.inc();
                 self.up.set(0);
             }
-            Err(GatewayError::UpstreamUnavailable(_)) => {
+            Err(GatewayError::UpstreamConnect(_) | GatewayError::UpstreamUnavailable(_)) => {
                 self.unavailable.inc();
                 self.up.set(0);
             }

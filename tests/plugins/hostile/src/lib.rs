@@ -17,6 +17,7 @@
 //! | `env` | stamps the value of the variable named by `var` and how many variables it sees |
 //! | `counter` | stamps a count kept in a static: how many requests this instance saw |
 //! | `stdout` | prints a line to stdout and one to stderr |
+//! | `self-count` | counts requests in `self`, and stamps on the response whether `on-response` saw the same count |
 //! | `reply-split` | answers with `content-length: 0` and a body that is itself an HTTP response |
 //! | `reply-interim` | answers `101 Switching Protocols` with `upgrade: websocket` |
 //! | `edit-framing` | tries to set framing and hop-by-hop headers on the request and the response (and a 1xx status), stamps how many edits were refused |
@@ -33,7 +34,7 @@ struct Config {
     var: String,
 }
 
-struct Hostile(Config);
+struct Hostile(Config, u32);
 
 static SEEN: AtomicU32 = AtomicU32::new(0);
 
@@ -86,7 +87,7 @@ impl Plugin for Hostile {
         if config.mode == "loop-init" {
             spin();
         }
-        Ok(Hostile(config))
+        Ok(Hostile(config, 0))
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
@@ -139,6 +140,10 @@ impl Plugin for Hostile {
                 eprintln!("hello from stderr");
                 stamp("printed");
             }
+            "self-count" => {
+                self.1 += 1;
+                let _ = req.set_var("count", &self.1.to_string());
+            }
             "reply-split" => {
                 return Action::Respond(Reply {
                     status: 200,
@@ -173,7 +178,11 @@ impl Plugin for Hostile {
         Action::Continue
     }
 
-    fn on_response(&mut self, _req: &Request, resp: &Response) {
+    fn on_response(&mut self, req: &Request, resp: &Response) {
+        if self.0.mode == "self-count" {
+            let same = req.get_var("count") == Some(self.1.to_string());
+            let _ = resp.set_header("x-same-instance", if same { "yes" } else { "no" });
+        }
         if self.0.mode == "loop-response" {
             spin();
         }

@@ -1,0 +1,155 @@
+//! One request through a route's plugins: request hooks in order, response
+//! hooks in reverse, on one leased instance per plugin for the whole request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use super::host::http::{RequestState, ResponseState};
+use super::instance::{ChainPlugin, Lease, Outcome, PluginError};
+use crate::config::Fail;
+use crate::telemetry::metrics::Hook;
+
+/// An early answer from a request hook.
+#[derive(Debug)]
+pub struct Early {
+    /// Status code (200..=599).
+    pub status: StatusCode,
+    /// Headers (framing and hop-by-hop ones already dropped).
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// A fail-closed plugin failed: the request ends with `status`.
+#[derive(Debug)]
+pub struct Failed {
+    /// What failed (already logged and counted).
+    pub error: PluginError,
+    /// The route's `fail_status` for the plugin.
+    pub status: StatusCode,
+}
+
+/// A route's chain as one request runs it.
+///
+/// - each plugin's instance is leased on its first hook and kept for the
+///   request (`self` in `on-response` is the `self` of `on-request`), then
+///   returned to the pool when the chain is dropped, or dropped with
+///   `isolation = "request"`, or at once after a failure;
+/// - a fail-open plugin that fails is skipped with its edits undone;
+/// - a `respond` skips the rest of the request hooks (and the upstream);
+/// - response hooks run for the plugins whose request hook ran, in reverse.
+pub struct Chain<'a> {
+    plugins: &'a [ChainPlugin],
+    leases: Vec<Lease>,
+    ran: Vec<usize>,
+    /// Time spent in hooks, instance checkout included.
+    pub plugin_time: Duration,
+    /// The plugin that answered early, if one did.
+    pub answered_by: Option<Arc<str>>,
+}
+
+impl<'a> Chain<'a> {
+    /// A request's run of `plugins`; nothing is leased until a hook runs.
+    pub fn new(plugins: &'a [ChainPlugin]) -> Self {
+        Chain {
+            plugins,
+            leases: Vec::new(),
+            ran: Vec::new(),
+            plugin_time: Duration::ZERO,
+            answered_by: None,
+        }
+    }
+
+    /// Runs the request hooks in order. Returns the request as the upstream
+    /// should get it, and the early answer if a plugin gave one.
+    pub async fn request(
+        &mut self,
+        mut state: RequestState,
+    ) -> Result<(RequestState, Option<Early>), Failed> {
+        if self.plugins.is_empty() {
+            return Ok((state, None));
+        }
+        self.leases.resize_with(self.plugins.len(), Lease::default);
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            // Fail open means "as if it were not there": keep the request as it was before it.
+            let before = (plugin.fail.mode == Fail::Open).then(|| state.clone());
+            let t = Instant::now();
+            let result = plugin.on_request(&mut self.leases[i], state).await;
+            let took = t.elapsed();
+            self.plugin_time += took;
+            plugin.metrics.called(Hook::Request, took);
+            match result {
+                Ok((back, outcome)) => {
+                    state = back;
+                    self.ran.push(i);
+                    if let Outcome::Respond {
+                        status,
+                        headers,
+                        body,
+                    } = outcome
+                    {
+                        plugin.metrics.short_circuited(status.as_u16());
+                        self.answered_by = Some(plugin.name().clone());
+                        return Ok((
+                            state,
+                            Some(Early {
+                                status,
+                                headers,
+                                body,
+                            }),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    plugin.metrics.failed(&e.kind);
+                    state = before.ok_or_else(|| closed(plugin, e))?;
+                }
+            }
+        }
+        Ok((state, None))
+    }
+
+    /// Runs the response hooks of the plugins whose request hook ran, in
+    /// reverse order, with a read-only view of the request.
+    pub async fn response(
+        &mut self,
+        mut req: RequestState,
+        mut resp: ResponseState,
+    ) -> Result<(RequestState, ResponseState), Failed> {
+        req.read_only = true;
+        for &i in self.ran.iter().rev() {
+            let plugin = &self.plugins[i];
+            let before = (plugin.fail.mode == Fail::Open).then(|| (req.clone(), resp.clone()));
+            let t = Instant::now();
+            let result = plugin.on_response(&mut self.leases[i], req, resp).await;
+            let took = t.elapsed();
+            self.plugin_time += took;
+            plugin.metrics.called(Hook::Response, took);
+            match result {
+                Ok(back) => (req, resp) = back,
+                Err(e) => {
+                    plugin.metrics.failed(&e.kind);
+                    (req, resp) = before.ok_or_else(|| closed(plugin, e))?;
+                }
+            }
+        }
+        Ok((req, resp))
+    }
+}
+
+impl Drop for Chain<'_> {
+    fn drop(&mut self) {
+        for (plugin, lease) in self.plugins.iter().zip(self.leases.drain(..)) {
+            plugin.release(lease);
+        }
+    }
+}
+
+fn closed(plugin: &ChainPlugin, error: PluginError) -> Failed {
+    Failed {
+        error,
+        status: plugin.fail.status,
+    }
+}
