@@ -72,7 +72,7 @@ fn benches(c: &mut Criterion) {
                     policy: Default::default(),
                     fail: Default::default(),
                 },
-                metrics.plugin("headers", "bench"),
+                metrics.plugin("headers", "bench", &weir::plugin::PluginErrorKind::REASONS),
             )
             .await
             .unwrap()

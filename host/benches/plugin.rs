@@ -61,7 +61,7 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
             policy: Default::default(),
             fail: Default::default(),
         },
-        metrics.plugin(name, "bench"),
+        metrics.plugin(name, "bench", &weir::plugin::PluginErrorKind::REASONS),
     )
     .await
     .unwrap()

@@ -307,6 +307,7 @@ fn routes(snap: &Snapshot) -> Value {
                         "sha256": p.plugin.sha256,
                         "isolation": format!("{:?}", p.isolation).to_lowercase(),
                         "idle_instances": p.idle_instances(),
+                        "circuit_open": p.circuit_open(),
                     })
                 })
                 .collect();
@@ -368,6 +369,8 @@ fn plugins(snap: &Snapshot) -> Value {
                     "call_timeout_ms": pol.limits.call_timeout.as_millis() as u64,
                     "max_host_calls": pol.limits.max_host_calls,
                     "max_module_bytes": pol.limits.max_module_bytes,
+                    "max_concurrency": pol.limits.max_concurrency,
+                    "max_log_rate": pol.limits.max_log_rate,
                 })),
                 "routes": routes,
             })

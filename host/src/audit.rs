@@ -102,6 +102,10 @@ pub struct PolicyReport {
     pub max_header_bytes: usize,
     /// `max_reply_body`, bytes.
     pub max_reply_body: usize,
+    /// `max_concurrency`; absent: worker threads - 1.
+    pub max_concurrency: Option<u32>,
+    /// `max_log_rate`, bytes per second.
+    pub max_log_rate: usize,
     /// `grants.env`: names (values are never shown).
     pub env: Vec<String>,
     /// `grants.stdio`.
@@ -279,6 +283,8 @@ fn policy_report(p: &Policy, isolation: Isolation) -> PolicyReport {
         max_headers: l.max_headers,
         max_header_bytes: l.max_header_bytes,
         max_reply_body: l.max_reply_body,
+        max_concurrency: l.max_concurrency,
+        max_log_rate: l.max_log_rate,
         env: p.grants.env_names.clone(),
         stdio: p.grants.stdio,
     }

@@ -459,7 +459,7 @@ pub struct Plugin {
     pub isolation: Isolation,
     /// `max_memory`: linear memory one instance may grow to (default `"64MiB"`).
     pub max_memory: Option<Spanned<ByteSize>>,
-    /// `cpu_deadline`: time one hook call may run wasm code (default `"100ms"`).
+    /// `cpu_deadline`: time one hook call may run wasm code (default `"50ms"`).
     pub cpu_deadline: Option<Spanned<Duration>>,
     /// `call_timeout`: wall time one hook call may take, waits included (default `"1s"`).
     pub call_timeout: Option<Spanned<Duration>>,
@@ -475,6 +475,10 @@ pub struct Plugin {
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     /// `max_reply_body`: largest body of a plugin's own reply (default `"64KiB"`).
     pub max_reply_body: Option<Spanned<ByteSize>>,
+    /// `max_concurrency`: hook calls running at once per route (default: worker threads - 1).
+    pub max_concurrency: Option<Spanned<u32>>,
+    /// `max_log_rate`: log bytes per second, all instances together (default `"64KiB"`).
+    pub max_log_rate: Option<Spanned<ByteSize>>,
     /// `grants`: capabilities beyond the inert default.
     #[serde(default)]
     pub grants: Grants,

@@ -37,6 +37,7 @@ pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

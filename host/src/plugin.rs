@@ -15,6 +15,7 @@
 mod bindings;
 pub mod capability;
 mod chain;
+pub mod guard;
 pub mod host;
 mod instance;
 pub mod limits;

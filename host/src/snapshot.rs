@@ -19,7 +19,7 @@ use serde_spanned::Spanned;
 
 use crate::admin::AdminSettings;
 use crate::config::{self, ConfigError, Manifest};
-use crate::plugin::{ChainPlugin, LoadedPlugin, PluginUse, Policy, Runtime};
+use crate::plugin::{ChainPlugin, LoadedPlugin, PluginErrorKind, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{self, Target, Upstream};
@@ -435,7 +435,7 @@ impl Snapshot {
                     plugin.clone(),
                     route_id.clone(),
                     usage,
-                    metrics.plugin(pname, id),
+                    metrics.plugin(pname, id, &PluginErrorKind::REASONS),
                 )
                 .await
                 {
@@ -765,7 +765,7 @@ fn reuse_or_new(
 /// `[server.tls]`: listen addresses, and each certificate read from disk,
 /// checked against its key and registered under its SNI names.
 fn resolve_tls(l: &mut Loader<'_>, t: &Spanned<config::Tls>) -> Option<TlsSettings> {
-    use crate::proxy::tls;
+    use crate::tls;
     let before = l.errors.len();
     let tls_cfg = t.get_ref();
     if tls_cfg.listen.is_empty() {

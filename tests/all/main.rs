@@ -6,6 +6,7 @@ mod attacks;
 mod audit;
 mod chain;
 mod config_errors;
+mod containment;
 mod hardening;
 mod hot_swap;
 mod observability;

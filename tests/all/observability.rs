@@ -290,15 +290,15 @@ async fn metrics_count_requests_per_route_plugin_and_status_after_mixed_traffic(
     };
     assert_eq!(short("key-auth", "obs-keyed", "401"), 3.0);
     assert_eq!(short("rate-limit", "obs-throttled", "429"), 2.0);
-    let failures = |plugin, route, kind| {
+    let failures = |plugin, route, reason| {
         metric(
             &m,
             "weir_plugin_failures_total",
-            &[("plugin", plugin), ("route", route), ("kind", kind)],
+            &[("plugin", plugin), ("route", route), ("reason", reason)],
         )
     };
     assert_eq!(failures("trap", "obs-trap", "trap"), 1.0);
-    assert_eq!(failures("trap", "obs-trap", "timeout"), 0.0);
+    assert_eq!(failures("trap", "obs-trap", "cpu_deadline"), 0.0);
     assert_eq!(failures("key-auth", "obs-keyed", "trap"), 0.0);
     assert!(
         metric(
@@ -858,13 +858,13 @@ name = "trap"
     assert_eq!(gw.get_with("/", &[("x-trap", "1")]).await.status, 503);
     assert_eq!(gw.get("/").await.status, 200, "the gateway still serves");
     let m = scrape(&gw).await;
-    let failures = |kind| {
+    let failures = |reason| {
         metric(
             &m,
             "weir_plugin_failures_total",
-            &[("plugin", "trap"), ("route", "hog"), ("kind", kind)],
+            &[("plugin", "trap"), ("route", "hog"), ("reason", reason)],
         )
     };
-    assert_eq!(failures("memory"), 1.0);
+    assert_eq!(failures("memory_limit"), 1.0);
     assert_eq!(failures("trap"), 1.0);
 }

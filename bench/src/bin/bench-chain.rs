@@ -75,7 +75,7 @@ async fn plugin(
         Arc::new(loaded),
         "chain".into(),
         usage(isolation, config),
-        metrics.plugin(&name, "chain"),
+        metrics.plugin(&name, "chain", &weir::plugin::PluginErrorKind::REASONS),
     )
     .await?)
 }
@@ -158,7 +158,7 @@ fn micro(dir: &Path) -> anyhow::Result<()> {
             loaded.clone(),
             "chain".into(),
             usage(Isolation::Request, HEADERS),
-            metrics.plugin("headers", "chain"),
+            metrics.plugin("headers", "chain", &weir::plugin::PluginErrorKind::REASONS),
         ))
         .expect("instantiate");
     });

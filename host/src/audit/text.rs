@@ -85,6 +85,14 @@ fn plugin(out: &mut String, p: &PluginReport) {
             size(pol.max_header_bytes as u64),
             size(pol.max_reply_body as u64)
         );
+        let concurrency = pol
+            .max_concurrency
+            .map_or("worker threads - 1".to_string(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "             max_concurrency {concurrency}, max_log_rate {}/s",
+            size(pol.max_log_rate as u64)
+        );
         let env = if pol.env.is_empty() {
             "none".to_string()
         } else {

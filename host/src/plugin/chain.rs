@@ -103,7 +103,6 @@ impl<'a> Chain<'a> {
                     }
                 }
                 Err(e) => {
-                    plugin.metrics.failed(&e.kind);
                     state = before.ok_or_else(|| closed(plugin, e))?;
                 }
             }
@@ -130,7 +129,6 @@ impl<'a> Chain<'a> {
             match result {
                 Ok(back) => (req, resp) = back,
                 Err(e) => {
-                    plugin.metrics.failed(&e.kind);
                     (req, resp) = before.ok_or_else(|| closed(plugin, e))?;
                 }
             }

@@ -33,6 +33,8 @@ pub struct HostState {
     pub(crate) counters: Arc<PluginCounters>,
     /// Header limits for edits and replies.
     pub(crate) headers: http::HeaderLimits,
+    /// `max_log_rate`, bytes per second.
+    pub(crate) log_rate: usize,
     /// Budgets of the current hook call.
     pub(crate) budget: Budget,
     stdio_budget: Option<stdio::Budget>,
@@ -75,8 +77,17 @@ impl HostState {
             .envs(grants.env.as_slice());
         let stdio_budget = (grants.stdio == Stdio::Log).then(|| {
             let budget = stdio::Budget::default();
-            wasi.stdout(stdio::LogOutput::new(&plugin, &route, "stdout", &budget))
-                .stderr(stdio::LogOutput::new(&plugin, &route, "stderr", &budget));
+            let out = |stream| {
+                stdio::LogOutput::new(
+                    &plugin,
+                    &route,
+                    stream,
+                    &budget,
+                    &counters,
+                    limits.max_log_rate,
+                )
+            };
+            wasi.stdout(out("stdout")).stderr(out("stderr"));
             budget
         });
         HostState {
@@ -93,6 +104,7 @@ impl HostState {
                 max_headers: limits.max_headers,
                 max_header_bytes: limits.max_header_bytes,
             },
+            log_rate: limits.max_log_rate,
             budget: Budget {
                 max_host_calls: limits.max_host_calls,
                 ..Budget::default()

@@ -16,6 +16,7 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{self, Action};
+use super::guard::{Guard, default_concurrency};
 use super::host::HostState;
 use super::host::http::{RequestState, ResponseState, reply_parts};
 use super::limits::{
@@ -92,6 +93,7 @@ pub struct ChainPlugin {
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
     failures: [AtomicU64; PluginErrorKind::REASONS.len()],
+    guard: Guard,
 }
 
 /// A plugin failed: the request cannot go on as configured.
@@ -136,11 +138,14 @@ pub enum PluginErrorKind {
     /// The hook returned something the gateway refuses (bad status, huge reply...).
     #[error("invalid reply: {0}")]
     BadReply(String),
+    /// Not called: its breaker is open after hook calls in a row ran out of time.
+    #[error("not called: its breaker is open for another {0:?} after repeated CPU-deadline hits")]
+    CircuitOpen(Duration),
 }
 
 impl PluginErrorKind {
     /// Every [`PluginErrorKind::reason`], in declaration order.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 10] = [
         "config",
         "instantiate",
         "trap",
@@ -150,6 +155,7 @@ impl PluginErrorKind {
         "host_call_limit",
         "transfer_limit",
         "bad_reply",
+        "circuit_open",
     ];
 
     fn index(&self) -> usize {
@@ -163,6 +169,7 @@ impl PluginErrorKind {
             PluginErrorKind::HostCallLimit(_) => 6,
             PluginErrorKind::TransferLimit(_) => 7,
             PluginErrorKind::BadReply(_) => 8,
+            PluginErrorKind::CircuitOpen(_) => 9,
         }
     }
 
@@ -199,8 +206,16 @@ impl PluginErrorKind {
     }
 
     fn from_call(e: wasmtime::Error, limits: &Limits, cpu_deadline: Duration) -> PluginErrorKind {
-        Self::classify(&e, limits, cpu_deadline)
-            .unwrap_or_else(|| PluginErrorKind::Trap(format!("{e}")))
+        match Self::classify(&e, limits, cpu_deadline) {
+            // Some memory-limit hits surface as a trap whose root cause says so.
+            Some(PluginErrorKind::Trap(_)) | None
+                if format!("{e:#}").contains("growing memory") =>
+            {
+                PluginErrorKind::MemoryLimit(limits.max_memory)
+            }
+            Some(kind) => kind,
+            None => PluginErrorKind::Trap(format!("{e}")),
+        }
     }
 }
 
@@ -233,6 +248,14 @@ impl ChainPlugin {
             policy,
             fail,
         } = usage;
+        let guard = Guard::new(
+            policy
+                .limits
+                .max_concurrency
+                .unwrap_or_else(default_concurrency),
+            &plugin.name,
+            &route,
+        );
         let chain = ChainPlugin {
             plugin,
             route,
@@ -244,6 +267,7 @@ impl ChainPlugin {
             runtime,
             idle: Mutex::new(Vec::new()),
             failures: Default::default(),
+            guard,
         };
         // `init` runs off the request path, but must not hang a load either.
         let limit = chain.policy.limits.call_timeout.max(MIN_INIT_TIMEOUT);
@@ -288,19 +312,25 @@ impl ChainPlugin {
     /// Logs and counts a failure during a request.
     fn failed(&self, hook: &'static str, kind: PluginErrorKind) -> PluginError {
         self.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.metrics.failed(kind.index());
         let fail = match self.fail.mode {
             Fail::Closed => "closed",
             Fail::Open => "open",
         };
-        tracing::warn!(
-            target: "weir::plugin",
-            plugin = &*self.plugin.name,
-            route = &*self.route,
-            hook,
-            reason = kind.reason(),
-            fail,
-            "plugin failed: {kind}"
-        );
+        // An open breaker was logged once when it opened; a line per refused request would flood.
+        if matches!(kind, PluginErrorKind::CircuitOpen(_)) {
+            tracing::debug!(target: "weir::plugin", plugin = &*self.plugin.name, route = &*self.route, hook, reason = kind.reason(), fail, "plugin failed: {kind}");
+        } else {
+            tracing::warn!(
+                target: "weir::plugin",
+                plugin = &*self.plugin.name,
+                route = &*self.route,
+                hook,
+                reason = kind.reason(),
+                fail,
+                "plugin failed: {kind}"
+            );
+        }
         self.error(kind)
     }
 
@@ -382,7 +412,7 @@ impl ChainPlugin {
         req: RequestState,
     ) -> Result<(RequestState, Outcome), PluginError> {
         let timeout = self.policy.limits.call_timeout;
-        tokio::time::timeout(timeout, self.request_hook(lease, req))
+        tokio::time::timeout(timeout, self.guarded(self.request_hook(lease, req)))
             .await
             .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
             .map_err(|kind| self.failed("on-request", kind))
@@ -442,7 +472,7 @@ impl ChainPlugin {
         resp: ResponseState,
     ) -> Result<(RequestState, ResponseState), PluginError> {
         let timeout = self.policy.limits.call_timeout;
-        tokio::time::timeout(timeout, self.response_hook(lease, req, resp))
+        tokio::time::timeout(timeout, self.guarded(self.response_hook(lease, req, resp)))
             .await
             .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
             .map_err(|kind| self.failed("on-response", kind))
@@ -481,6 +511,26 @@ impl ChainPlugin {
         );
         lease.0 = Some(inst);
         Ok(back)
+    }
+
+    /// Runs a hook call under the plugin's concurrency cap and breaker.
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, PluginErrorKind>>,
+    ) -> Result<T, PluginErrorKind> {
+        let pass = self
+            .guard
+            .enter()
+            .await
+            .map_err(|open| PluginErrorKind::CircuitOpen(open.retry_in))?;
+        let result = call.await;
+        pass.done(matches!(result, Err(PluginErrorKind::CpuDeadline(_))));
+        result
+    }
+
+    /// Whether this plugin's breaker is open on this route.
+    pub fn circuit_open(&self) -> bool {
+        self.guard.is_open()
     }
 
     /// The request's instance: the one it already holds, else a pooled or new one.

@@ -45,13 +45,20 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// `max_reply_body`: largest body of a reply a plugin answers with.
     pub max_reply_body: usize,
+    /// `max_concurrency`: hook calls of this plugin on one route running at
+    /// once; more wait their turn. `None`: every worker thread but one.
+    pub max_concurrency: Option<u32>,
+    /// `max_log_rate`: bytes per second of log records and output lines the
+    /// plugin may emit, all instances and routes together (one second's worth
+    /// of burst); the rest is dropped and counted.
+    pub max_log_rate: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_memory: 64 << 20,
-            cpu_deadline: Duration::from_millis(100),
+            cpu_deadline: Duration::from_millis(50),
             call_timeout: Duration::from_secs(1),
             max_host_calls: 10_000,
             max_handles: 1024,
@@ -59,6 +66,8 @@ impl Default for Limits {
             max_headers: 256,
             max_header_bytes: 64 << 10,
             max_reply_body: 64 << 10,
+            max_concurrency: None,
+            max_log_rate: 64 << 10,
         }
     }
 }

@@ -67,6 +67,10 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
     let max_host_calls = count(l, &p.max_host_calls, "max_host_calls", d.max_host_calls, 1);
     let max_handles = count(l, &p.max_handles, "max_handles", d.max_handles, 8);
     let max_headers = count(l, &p.max_headers, "max_headers", d.max_headers as u32, 1) as usize;
+    let max_concurrency = p
+        .max_concurrency
+        .as_ref()
+        .map(|_| count(l, &p.max_concurrency, "max_concurrency", 1, 1));
     let size = |v: &Option<Spanned<config::ByteSize>>, default: usize| {
         v.as_ref().map_or(default, |v| v.get_ref().bytes())
     };
@@ -83,6 +87,8 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         max_headers,
         max_header_bytes: size(&p.max_header_bytes, d.max_header_bytes),
         max_reply_body: size(&p.max_reply_body, d.max_reply_body),
+        max_concurrency,
+        max_log_rate: size(&p.max_log_rate, d.max_log_rate),
     };
 
     let sha256 = match &p.sha256 {

@@ -78,3 +78,70 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
     tracing::subscriber::set_global_default(subscriber(settings, std::io::stderr, ansi))
         .map_err(|e| e.to_string())
 }
+
+/// A per-plugin log budget: a bucket of bytes refilled at a rate per second
+/// (one second's worth of burst), and a limit on notes about what was dropped.
+#[derive(Debug, Default)]
+pub struct LogRate {
+    state: std::sync::Mutex<RateState>,
+}
+
+#[derive(Debug, Default)]
+struct RateState {
+    tokens: f64,
+    last: Option<std::time::Instant>,
+    noted: Option<std::time::Instant>,
+}
+
+impl LogRate {
+    /// Shortest time between two notes that records are being dropped.
+    pub const NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Takes `bytes` from a budget of `per_sec` bytes per second; `false`: drop the record.
+    pub fn admit(&self, bytes: usize, per_sec: usize) -> bool {
+        let now = std::time::Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = per_sec as f64;
+        s.tokens = match s.last {
+            None => cap,
+            Some(last) => (s.tokens + now.duration_since(last).as_secs_f64() * cap).min(cap),
+        };
+        s.last = Some(now);
+        let kept = s.tokens >= bytes as f64;
+        if kept {
+            s.tokens -= bytes as f64;
+        }
+        kept
+    }
+
+    /// Whether to log a note about dropped records now (at most once per [`Self::NOTE_EVERY`]).
+    pub fn note(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.noted
+            .is_some_and(|t| now.duration_since(t) < Self::NOTE_EVERY)
+        {
+            return false;
+        }
+        s.noted = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_one_second_then_drops_refilled_at_the_rate() {
+        let r = LogRate::default();
+        for _ in 0..10 {
+            assert!(r.admit(100, 1000));
+        }
+        assert!(!r.admit(100, 1000));
+        assert!(r.note());
+        assert!(!r.note(), "one note per NOTE_EVERY");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(r.admit(100, 1000), "refilled at the rate");
+    }
+}

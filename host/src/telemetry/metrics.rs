@@ -24,10 +24,9 @@ mod custom;
 pub use custom::{
     CounterError, MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_SERIES_PER_PLUGIN, PluginCounters,
 };
-use custom::{CustomCounters, PluginReason};
+use custom::{CustomCounters, PluginLabel, PluginReason};
 
 use crate::error::GatewayError;
-use crate::plugin::PluginErrorKind;
 use crate::snapshot::Snapshot;
 use crate::upstream::{Target, Upstream};
 
@@ -94,7 +93,7 @@ struct PluginStatus {
 struct PluginFailure {
     plugin: String,
     route: String,
-    kind: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,6 +128,7 @@ pub struct Metrics {
     plugin_info: Family<PluginInfo, Gauge>,
     plugin_idle: Family<PluginRoute, Gauge>,
     counter_drops: Family<PluginReason, Counter>,
+    log_drops: Family<PluginLabel, Counter>,
     reloads: Family<ReloadResult, Counter>,
     last_reload: Gauge<f64, AtomicU64>,
     connections_open: Gauge,
@@ -207,7 +207,7 @@ impl Metrics {
         let plugin_failures = Family::<PluginFailure, Counter>::default();
         r.register(
             "weir_plugin_failures",
-            "Plugin calls that failed, by kind (trap, timeout, memory, instantiate, bad_reply, config)",
+            "Plugin calls that failed, by reason (the `reason` of the gateway's log line)",
             plugin_failures.clone(),
         );
         let plugin_info = Family::<PluginInfo, Gauge>::default();
@@ -227,6 +227,12 @@ impl Metrics {
             "weir_plugin_counter_drops",
             "counter-add calls refused: invalid name or labels, or over the series limit",
             counter_drops.clone(),
+        );
+        let log_drops = Family::<PluginLabel, Counter>::default();
+        r.register(
+            "weir_plugin_log_dropped",
+            "Plugin log records and output lines dropped: over max_log_rate or the per-call caps",
+            log_drops.clone(),
         );
         let reloads = Family::<ReloadResult, Counter>::default();
         r.register(
@@ -273,6 +279,7 @@ impl Metrics {
             plugin_info,
             plugin_idle,
             counter_drops,
+            log_drops,
             reloads,
             last_reload,
             connections_open,
@@ -337,20 +344,24 @@ impl Metrics {
         &self.unrouted
     }
 
-    /// Handles for one plugin on one route.
-    pub fn plugin(&self, plugin: &str, route: &str) -> PluginMetrics {
+    /// Handles for one plugin on one route; `reasons` are the failure labels
+    /// the plugin runtime reports, counted by their index.
+    pub fn plugin(&self, plugin: &str, route: &str, reasons: &[&'static str]) -> PluginMetrics {
         let hook = |hook| PluginHook {
             plugin: plugin.into(),
             route: route.into(),
             hook,
         };
-        let failures = FailureKind::ALL.map(|k| {
-            self.plugin_failures.get_or_create_owned(&PluginFailure {
-                plugin: plugin.into(),
-                route: route.into(),
-                kind: k.label(),
+        let failures = reasons
+            .iter()
+            .map(|&reason| {
+                self.plugin_failures.get_or_create_owned(&PluginFailure {
+                    plugin: plugin.into(),
+                    route: route.into(),
+                    reason,
+                })
             })
-        });
+            .collect();
         PluginMetrics {
             plugin: plugin.into(),
             route: route.into(),
@@ -360,7 +371,9 @@ impl Metrics {
             response_duration: self.plugin_duration.get_or_create_owned(&hook("response")),
             failures,
             short_circuits: self.plugin_short_circuits.clone(),
-            counters: self.custom.for_plugin(plugin, &self.counter_drops),
+            counters: self
+                .custom
+                .for_plugin(plugin, &self.counter_drops, &self.log_drops),
         }
     }
 
@@ -508,64 +521,6 @@ pub enum Hook {
     Response,
 }
 
-/// How a plugin call failed, as counted in `weir_plugin_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// A trap (panic, out-of-bounds access...).
-    Trap,
-    /// The CPU deadline passed.
-    Timeout,
-    /// The instance hit its memory limit.
-    Memory,
-    /// No instance could be created.
-    Instantiate,
-    /// The plugin returned an invalid reply.
-    BadReply,
-    /// A fresh instance rejected its config.
-    Config,
-}
-
-impl FailureKind {
-    const ALL: [FailureKind; 6] = [
-        FailureKind::Trap,
-        FailureKind::Timeout,
-        FailureKind::Memory,
-        FailureKind::Instantiate,
-        FailureKind::BadReply,
-        FailureKind::Config,
-    ];
-
-    /// The `kind` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureKind::Trap => "trap",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Memory => "memory",
-            FailureKind::Instantiate => "instantiate",
-            FailureKind::BadReply => "bad_reply",
-            FailureKind::Config => "config",
-        }
-    }
-
-    /// Classifies a plugin error.
-    pub fn of(kind: &PluginErrorKind) -> FailureKind {
-        match kind {
-            PluginErrorKind::Config(_) => FailureKind::Config,
-            PluginErrorKind::Instantiate(_) => FailureKind::Instantiate,
-            PluginErrorKind::MemoryLimit(_) => FailureKind::Memory,
-            // Some memory-limit hits surface as a trap whose root cause says so.
-            PluginErrorKind::Trap(msg) if msg.contains("growing memory") => FailureKind::Memory,
-            PluginErrorKind::Trap(_) => FailureKind::Trap,
-            PluginErrorKind::CpuDeadline(_)
-            | PluginErrorKind::CallTimeout(_)
-            | PluginErrorKind::HostCallLimit(_) => FailureKind::Timeout,
-            PluginErrorKind::TransferLimit(_) | PluginErrorKind::BadReply(_) => {
-                FailureKind::BadReply
-            }
-        }
-    }
-}
-
 /// One plugin's metric handles on one route.
 pub struct PluginMetrics {
     plugin: String,
@@ -574,7 +529,7 @@ pub struct PluginMetrics {
     response_calls: Counter,
     request_duration: Histogram,
     response_duration: Histogram,
-    failures: [Counter; 6],
+    failures: Vec<Counter>,
     short_circuits: Family<PluginStatus, Counter>,
     /// The plugin's own counters (`weir:plugin/metrics`).
     pub counters: Arc<PluginCounters>,
@@ -612,10 +567,10 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// Counts a failed call.
-    pub fn failed(&self, kind: &PluginErrorKind) {
-        let k = FailureKind::of(kind);
-        let i = FailureKind::ALL.iter().position(|x| *x == k).unwrap_or(0);
-        self.failures[i].inc();
+    /// Counts a failed call, by the index of its reason in the list given to [`Metrics::plugin`].
+    pub fn failed(&self, reason: usize) {
+        if let Some(c) = self.failures.get(reason) {
+            c.inc();
+        }
     }
 }

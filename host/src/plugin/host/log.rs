@@ -20,8 +20,9 @@ impl Host for HostState {
         self.budget.log_records += 1;
         let (plugin, route) = (&*self.plugin, &*self.route);
         if self.budget.log_records > MAX_LOG_RECORDS {
-            if self.budget.log_records == MAX_LOG_RECORDS + 1 {
-                tracing::warn!(target: "weir::plugin", plugin, route, "more than {MAX_LOG_RECORDS} log records in one hook call: the rest is dropped");
+            self.counters.log_dropped();
+            if self.counters.log_rate.note() {
+                tracing::warn!(target: "weir::plugin", plugin, route, "more than {MAX_LOG_RECORDS} log records in one hook call: the rest is dropped (weir_plugin_log_dropped_total)");
             }
             return Ok(());
         }
@@ -33,6 +34,18 @@ impl Host for HostState {
         }
         truncate(&mut extra, MAX_MESSAGE);
         let extra = extra.trim_end();
+        if !self
+            .counters
+            .log_rate
+            .admit(message.len() + extra.len(), self.log_rate)
+        {
+            self.counters.log_dropped();
+            if self.counters.log_rate.note() {
+                let rate = self.log_rate;
+                tracing::warn!(target: "weir::plugin", plugin, route, "logging faster than its {rate} bytes/s `max_log_rate`: records are dropped (weir_plugin_log_dropped_total)");
+            }
+            return Ok(());
+        }
         match level {
             Level::Trace => {
                 tracing::trace!(target: "weir::plugin", plugin, route, fields = extra, "{message}")

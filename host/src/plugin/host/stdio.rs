@@ -12,6 +12,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 use crate::plugin::limits::MAX_STDIO_BYTES;
+use crate::telemetry::metrics::PluginCounters;
 
 /// Longest line kept; longer ones are split.
 const MAX_LINE: usize = 4096;
@@ -62,6 +63,8 @@ pub(crate) struct LogOutput {
     route: Arc<str>,
     stream: &'static str,
     budget: Budget,
+    counters: Arc<PluginCounters>,
+    rate: usize,
 }
 
 impl LogOutput {
@@ -70,12 +73,16 @@ impl LogOutput {
         route: &Arc<str>,
         stream: &'static str,
         budget: &Budget,
+        counters: &Arc<PluginCounters>,
+        rate: usize,
     ) -> Self {
         LogOutput {
             plugin: plugin.clone(),
             route: route.clone(),
             stream,
             budget: budget.clone(),
+            counters: counters.clone(),
+            rate,
         }
     }
 }
@@ -93,6 +100,8 @@ impl StdoutStream for LogOutput {
             route: self.route.clone(),
             stream: self.stream,
             budget: self.budget.clone(),
+            counters: self.counters.clone(),
+            rate: self.rate,
             line: Vec::new(),
         })
     }
@@ -103,6 +112,8 @@ struct LineWriter {
     route: Arc<str>,
     stream: &'static str,
     budget: Budget,
+    counters: Arc<PluginCounters>,
+    rate: usize,
     line: Vec<u8>,
 }
 
@@ -111,9 +122,17 @@ impl LineWriter {
         if self.line.is_empty() {
             return;
         }
-        let text = String::from_utf8_lossy(&self.line);
         let (plugin, route, stream) = (&*self.plugin, &*self.route, self.stream);
-        tracing::info!(target: "weir::plugin", plugin, route, stream, "{}", text.trim_end());
+        if self.counters.log_rate.admit(self.line.len(), self.rate) {
+            let text = String::from_utf8_lossy(&self.line);
+            tracing::info!(target: "weir::plugin", plugin, route, stream, "{}", text.trim_end());
+        } else {
+            self.counters.log_dropped();
+            if self.counters.log_rate.note() {
+                let rate = self.rate;
+                tracing::warn!(target: "weir::plugin", plugin, route, stream, "logging faster than its {rate} bytes/s `max_log_rate`: lines are dropped (weir_plugin_log_dropped_total)");
+            }
+        }
         self.line.clear();
     }
 }
@@ -136,8 +155,11 @@ impl AsyncWrite for LineWriter {
         }
         if kept < buf.len() && !this.budget.noted.swap(true, Ordering::Relaxed) {
             this.emit();
-            let (plugin, route, stream) = (&*this.plugin, &*this.route, this.stream);
-            tracing::warn!(target: "weir::plugin", plugin, route, stream, "output over {MAX_STDIO_BYTES} bytes in one hook call: the rest is dropped");
+            this.counters.log_dropped();
+            if this.counters.log_rate.note() {
+                let (plugin, route, stream) = (&*this.plugin, &*this.route, this.stream);
+                tracing::warn!(target: "weir::plugin", plugin, route, stream, "output over {MAX_STDIO_BYTES} bytes in one hook call: the rest is dropped (weir_plugin_log_dropped_total)");
+            }
         }
         // Everything counts as written: the guest must never block on its log.
         Poll::Ready(Ok(buf.len()))

@@ -11,6 +11,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::telemetry::logging::LogRate;
+
 /// Most distinct series (name + labels + route) one plugin may create with `counter-add`.
 pub const MAX_SERIES_PER_PLUGIN: usize = 1000;
 /// Most labels on one plugin counter (besides `plugin` and `route`).
@@ -19,6 +21,11 @@ pub const MAX_LABELS: usize = 8;
 pub const MAX_NAME: usize = 64;
 /// Longest label value a plugin may use.
 pub const MAX_LABEL_VALUE: usize = 128;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct PluginLabel {
+    plugin: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct PluginReason {
@@ -56,6 +63,9 @@ pub struct PluginCounters {
     series: Mutex<HashMap<SeriesKey, u64>>,
     invalid: Counter,
     over_limit: Counter,
+    /// The plugin's log budget (`max_log_rate`), shared by its instances on every route.
+    pub log_rate: LogRate,
+    log_dropped: Counter,
 }
 
 fn is_metric_name(s: &str) -> bool {
@@ -67,6 +77,11 @@ fn is_metric_name(s: &str) -> bool {
 }
 
 impl PluginCounters {
+    /// Counts log records (or stdio lines) of this plugin that were dropped.
+    pub fn log_dropped(&self) {
+        self.log_dropped.inc();
+    }
+
     /// Adds `delta` to the counter `name{labels}` of this plugin on `route`.
     pub fn add(
         &self,
@@ -142,6 +157,7 @@ impl CustomCounters {
         &self,
         plugin: &str,
         drops: &Family<PluginReason, Counter>,
+        log_drops: &Family<PluginLabel, Counter>,
     ) -> Arc<PluginCounters> {
         let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
         plugins
@@ -158,6 +174,10 @@ impl CustomCounters {
                     series: Mutex::default(),
                     invalid: reason("invalid"),
                     over_limit: reason("series_limit"),
+                    log_rate: LogRate::default(),
+                    log_dropped: log_drops.get_or_create_owned(&PluginLabel {
+                        plugin: plugin.into(),
+                    }),
                 })
             })
             .clone()
@@ -223,7 +243,7 @@ mod tests {
     #[test]
     fn plugin_counters_are_exported_with_plugin_and_route_labels() {
         let m = Metrics::new();
-        let p = m.plugin("auth", "api");
+        let p = m.plugin("auth", "api", &[]);
         p.counters
             .add(
                 "api",
@@ -257,7 +277,7 @@ mod tests {
     #[test]
     fn invalid_counter_calls_are_refused_and_counted() {
         let m = Metrics::new();
-        let c = m.plugin("auth", "api").counters;
+        let c = m.plugin("auth", "api", &[]).counters;
         let long = "x".repeat(MAX_NAME + 1);
         for name in [
             "",
@@ -304,8 +324,8 @@ mod tests {
     #[test]
     fn series_are_capped_per_plugin_across_routes_and_existing_ones_keep_counting() {
         let m = Metrics::new();
-        let a = m.plugin("p", "a").counters;
-        let b = m.plugin("p", "b").counters;
+        let a = m.plugin("p", "a", &[]).counters;
+        let b = m.plugin("p", "b", &[]).counters;
         for i in 0..MAX_SERIES_PER_PLUGIN {
             let (c, route) = if i % 2 == 0 { (&a, "a") } else { (&b, "b") };
             c.add(route, "n", labels(&[("i", &i.to_string())]), 1)
@@ -317,7 +337,7 @@ mod tests {
         );
         a.add("a", "n", labels(&[("i", "0")]), 5).unwrap();
         // Another plugin has its own budget.
-        m.plugin("q", "a")
+        m.plugin("q", "a", &[])
             .counters
             .add("a", "n", vec![], 1)
             .unwrap();

@@ -20,6 +20,7 @@
 //! | `self-count` | counts requests in `self`, and stamps on the response whether `on-response` saw the same count |
 //! | `reply-split` | answers with `content-length: 0` and a body that is itself an HTTP response |
 //! | `reply-interim` | answers `101 Switching Protocols` with `upgrade: websocket` |
+//! | `log-flood` | emits 100 log records of 4000 bytes each per request (400 KiB), then stamps `logged` |
 //! | `edit-framing` | tries to set framing and hop-by-hop headers on the request and the response (and a 1xx status), stamps how many edits were refused |
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -163,6 +164,13 @@ impl Plugin for Hostile {
                     }],
                     body: vec![],
                 });
+            }
+            "log-flood" => {
+                let filler = "x".repeat(3990);
+                for i in 0..100 {
+                    weir_sdk::log::warn(&format!("flood {i:03} {filler}"));
+                }
+                stamp("logged");
             }
             "edit-framing" => {
                 let refused = FRAMING

@@ -1,0 +1,232 @@
+//! Containment of a plugin that burns CPU, per (route, plugin):
+//!
+//! - at most `max_concurrency` hook calls run at once; later calls wait their
+//!   turn (within `call_timeout`), so one plugin can never hold every worker
+//!   thread while other routes wait;
+//! - a breaker: after [`BREAKER_STRIKES`] hook calls in a row end at the CPU
+//!   deadline or the call timeout, the plugin fails fast (reason
+//!   `circuit_open`, the route's failure policy answers) for
+//!   [`BREAKER_COOLDOWN`]; then one trial call runs, and its outcome closes or
+//!   reopens the breaker.
+//!
+//! A healthy plugin pays one uncontended semaphore acquire per call.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// Hook calls in a row that must burn their CPU deadline (or call timeout) to open the breaker.
+pub const BREAKER_STRIKES: u32 = 3;
+/// How long an open breaker fails a plugin fast before a trial call.
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// The default `max_concurrency`: all worker threads but one, so a plugin
+/// that spins can never take every thread from the other routes.
+pub fn default_concurrency() -> u32 {
+    let workers = tokio::runtime::Handle::try_current()
+        .map(|h| h.metrics().num_workers())
+        .or_else(|_| std::thread::available_parallelism().map(usize::from))
+        .unwrap_or(1);
+    u32::try_from(workers.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
+}
+
+/// The concurrency cap and breaker of one plugin on one route.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    permits: Semaphore,
+    strikes: AtomicU32,
+    /// While open: when a trial may run.
+    open_until: Mutex<Option<Instant>>,
+    /// Cheap check on the hot path: whether `open_until` is set.
+    open: AtomicBool,
+    /// A half-open trial call is running.
+    trial: AtomicBool,
+    plugin: std::sync::Arc<str>,
+    route: std::sync::Arc<str>,
+}
+
+/// Why the guard did not let a call run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Open {
+    /// Time left before the next trial.
+    pub retry_in: Duration,
+}
+
+/// A running hook call's place; finish it with [`Pass::done`]. Dropped
+/// unfinished (the call timed out and was cancelled), it counts as a strike.
+pub(crate) struct Pass<'a> {
+    guard: &'a Guard,
+    _permit: SemaphorePermit<'a>,
+    trial: bool,
+    finished: bool,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        max_concurrency: u32,
+        plugin: &std::sync::Arc<str>,
+        route: &std::sync::Arc<str>,
+    ) -> Guard {
+        Guard {
+            permits: Semaphore::new(max_concurrency.max(1) as usize),
+            strikes: AtomicU32::new(0),
+            open_until: Mutex::new(None),
+            open: AtomicBool::new(false),
+            trial: AtomicBool::new(false),
+            plugin: plugin.clone(),
+            route: route.clone(),
+        }
+    }
+
+    /// Waits for a place to run a hook call, or refuses while the breaker is open.
+    pub(crate) async fn enter(&self) -> Result<Pass<'_>, Open> {
+        // Refused before waiting: an open breaker costs a caller nothing.
+        if let Some(retry_in) = self.cooling() {
+            return Err(Open { retry_in });
+        }
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            // The semaphore is never closed.
+            Err(_) => self.permits.acquire().await.map_err(|_| Open {
+                retry_in: Duration::ZERO,
+            })?,
+        };
+        // Decided holding the place: the call before may have just opened the breaker.
+        let trial = self.admit()?;
+        Ok(Pass {
+            guard: self,
+            _permit: permit,
+            trial,
+            finished: false,
+        })
+    }
+
+    /// Time left while the breaker is open and cooling down.
+    fn cooling(&self) -> Option<Duration> {
+        if !self.open.load(Ordering::Acquire) {
+            return None;
+        }
+        let until = (*self.open_until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// `Ok(true)`: this call is the breaker's trial; `Ok(false)`: closed.
+    fn admit(&self) -> Result<bool, Open> {
+        if !self.open.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        if let Some(retry_in) = self.cooling() {
+            return Err(Open { retry_in });
+        }
+        // Cool-down over: exactly one call tries.
+        match self
+            .trial
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(true),
+            Err(_) => Err(Open {
+                retry_in: Duration::ZERO,
+            }),
+        }
+    }
+
+    fn record(&self, burned: bool, trial: bool) {
+        if !burned {
+            self.strikes.store(0, Ordering::Relaxed);
+            if trial {
+                *self.open_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.open.store(false, Ordering::Release);
+                self.trial.store(false, Ordering::Release);
+                tracing::info!(target: "weir::plugin", plugin = &*self.plugin, route = &*self.route, "plugin breaker closed: the trial call finished in time");
+            }
+            return;
+        }
+        let strikes = self.strikes.fetch_add(1, Ordering::Relaxed) + 1;
+        if trial || (strikes >= BREAKER_STRIKES && !self.open.load(Ordering::Acquire)) {
+            *self.open_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + BREAKER_COOLDOWN);
+            self.open.store(true, Ordering::Release);
+            self.trial.store(false, Ordering::Release);
+            tracing::warn!(target: "weir::plugin", plugin = &*self.plugin, route = &*self.route, strikes,
+                "plugin breaker open: {strikes} hook calls in a row ran out of time; failing it fast for {BREAKER_COOLDOWN:?}");
+        }
+    }
+
+    /// Whether the breaker is open now (for metrics and the admin API).
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Pass<'_> {
+    /// Records how the call ended: `burned` when it ran out of CPU or wall time.
+    pub(crate) fn done(mut self, burned: bool) {
+        self.finished = true;
+        self.guard.record(burned, self.trial);
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.guard.record(true, self.trial);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(n: u32) -> Guard {
+        Guard::new(n, &"p".into(), &"r".into())
+    }
+
+    #[tokio::test]
+    async fn opens_after_strikes_in_a_row_and_a_success_resets_the_count() {
+        let g = guard(4);
+        for _ in 0..BREAKER_STRIKES - 1 {
+            g.enter().await.unwrap().done(true);
+        }
+        g.enter().await.unwrap().done(false);
+        for _ in 0..BREAKER_STRIKES - 1 {
+            g.enter().await.unwrap().done(true);
+        }
+        assert!(!g.is_open(), "strikes must be in a row");
+        // A call cancelled by the timeout counts too.
+        drop(g.enter().await.unwrap());
+        assert!(g.is_open());
+        let open = g.enter().await.err().expect("fails fast while open");
+        assert!(open.retry_in > BREAKER_COOLDOWN - Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn after_the_cooldown_one_trial_decides() {
+        let g = guard(4);
+        for _ in 0..BREAKER_STRIKES {
+            g.enter().await.unwrap().done(true);
+        }
+        // Pretend the cool-down is over.
+        *g.open_until.lock().unwrap() = Some(Instant::now());
+        let trial = g.enter().await.unwrap();
+        assert!(g.enter().await.is_err(), "only one trial at a time");
+        trial.done(true);
+        assert!(g.enter().await.is_err(), "a failed trial reopens");
+        *g.open_until.lock().unwrap() = Some(Instant::now());
+        g.enter().await.unwrap().done(false);
+        assert!(!g.is_open());
+        g.enter().await.unwrap().done(false);
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_cap_wait_their_turn() {
+        let g = guard(1);
+        let first = g.enter().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), g.enter()).await;
+        assert!(waiting.is_err(), "a second call waits while the first runs");
+        first.done(false);
+        g.enter().await.unwrap().done(false);
+    }
+}
