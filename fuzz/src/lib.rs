@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use weir::config::Manifest;
 use weir::path::{has_encoded_slash, normalise};
 use weir::proxy::headers::check_framing;
@@ -23,16 +23,26 @@ pub fn path(data: &[u8]) {
         return;
     };
     assert!(n.starts_with('/'), "{s:?} -> {n:?}");
-    assert!(n.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{s:?} -> {n:?}");
+    assert!(
+        n.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+        "{s:?} -> {n:?}"
+    );
     for seg in n[1..].split('/').filter(|_| n.len() > 1) {
         assert!(
             !seg.is_empty() || n.ends_with('/'),
             "empty segment: {s:?} -> {n:?}"
         );
-        assert!(seg != "." && seg != "..", "dot segment left: {s:?} -> {n:?}");
+        assert!(
+            seg != "." && seg != "..",
+            "dot segment left: {s:?} -> {n:?}"
+        );
     }
     assert!(!n.contains("//"), "{s:?} -> {n:?}");
-    assert_eq!(normalise(&n).as_deref(), Ok(n.as_str()), "not a fixed point: {s:?}");
+    assert_eq!(
+        normalise(&n).as_deref(),
+        Ok(n.as_str()),
+        "not a fixed point: {s:?}"
+    );
     // The router and the upstream see the same bytes: a slash that could be
     // decoded later is either refused or visible.
     if n.contains("%2F") || n.contains("%5C") || n.contains('\\') {
@@ -55,7 +65,10 @@ pub fn manifest(data: &[u8]) {
             .and_then(|r| r.split(':').next())
             .and_then(|l| l.parse::<usize>().ok())
         {
-            assert!(line >= 1 && line <= lines + 1, "line {line} of {lines}: {msg}");
+            assert!(
+                line >= 1 && line <= lines + 1,
+                "line {line} of {lines}: {msg}"
+            );
         }
     }
 }
@@ -82,7 +95,10 @@ pub fn framing(data: &[u8]) {
         assert!(cl <= 1, "{h:?}");
         assert!(cl == 0 || te == 0, "{h:?}");
         if let Some(v) = h.get(http::header::CONTENT_LENGTH) {
-            assert!(v.as_bytes().iter().all(u8::is_ascii_digit) && !v.is_empty(), "{h:?}");
+            assert!(
+                v.as_bytes().iter().all(u8::is_ascii_digit) && !v.is_empty(),
+                "{h:?}"
+            );
         }
     }
 }

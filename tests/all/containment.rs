@@ -121,8 +121,9 @@ async fn a_plugin_that_keeps_running_out_of_cpu_is_failed_fast_by_its_breaker() 
         "healthy route failed: {healthy:?}"
     );
 
+    // On a loaded machine a call may pass its wall-clock `call_timeout` first; both are strikes.
     assert_eq!(
-        failures(&gw, "breaker-bad", "cpu_deadline"),
+        failures(&gw, "breaker-bad", "cpu_deadline") + failures(&gw, "breaker-bad", "call_timeout"),
         3,
         "only the calls before the breaker opened ran"
     );
@@ -194,4 +195,23 @@ async fn a_plugin_flooding_the_log_is_held_to_its_log_rate() {
     )
     .await;
     assert!(dropped >= 490.0, "{dropped} records counted as dropped");
+}
+
+/// Every `weir:plugin` import counts against `max_host_calls`, counters included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_flood_is_stopped_by_max_host_calls() {
+    let up = Upstream::start("u").await;
+    let gw = TestGateway::start(&manifest(
+        &up,
+        "counterflood",
+        "counter-flood",
+        // Small, so the flood hits it long before the CPU deadline even on a loaded machine.
+        "max_host_calls = 100",
+    ))
+    .await;
+    let r = gw.get("/bad/x").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(failures(&gw, "counterflood-bad", "host_call_limit"), 1);
+    assert_eq!(failures(&gw, "counterflood-bad", "cpu_deadline"), 0);
+    assert_eq!(gw.get("/healthy/").await.status, 200);
 }

@@ -12,6 +12,7 @@ impl Host for HostState {
         labels: Vec<(String, String)>,
         delta: u64,
     ) -> wasmtime::Result<()> {
+        self.charge()?;
         // A refused call is counted by the host and otherwise ignored: metrics must not fail a request.
         if let Err(e) = self.counters.add(&self.route, &name, labels, delta) {
             tracing::debug!(target: "weir::plugin", plugin = &*self.plugin, route = &*self.route, error = %e, "counter-add refused");

@@ -20,6 +20,7 @@
 //! | `self-count` | counts requests in `self`, and stamps on the response whether `on-response` saw the same count |
 //! | `reply-split` | answers with `content-length: 0` and a body that is itself an HTTP response |
 //! | `reply-interim` | answers `101 Switching Protocols` with `upgrade: websocket` |
+//! | `counter-flood` | adds to a counter forever |
 //! | `log-flood` | emits 100 log records of 4000 bytes each per request (400 KiB), then stamps `logged` |
 //! | `edit-framing` | tries to set framing and hop-by-hop headers on the request and the response (and a 1xx status), stamps how many edits were refused |
 use std::hint::black_box;
@@ -165,6 +166,9 @@ impl Plugin for Hostile {
                     body: vec![],
                 });
             }
+            "counter-flood" => loop {
+                weir_sdk::metrics::counter_add("flood", &[], 1);
+            },
             "log-flood" => {
                 let filler = "x".repeat(3990);
                 for i in 0..100 {
