@@ -33,7 +33,7 @@ use crate::body::{Body, full};
 use crate::config::{ConfigError, Manifest};
 use crate::router::{HostMatch, PathMatch};
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::{Metrics, target_label};
+use crate::telemetry::metrics::Metrics;
 
 /// `[admin]`, resolved.
 #[derive(Clone)]
@@ -184,6 +184,19 @@ pub(crate) async fn serve(
     }
 }
 
+/// The gauges that describe the serving snapshot, read from it at scrape
+/// time: cleared first, so plugins and routes removed by a reload disappear.
+fn set_snapshot_gauges(metrics: &Metrics, snap: &Snapshot) {
+    let plugins = snap.plugins.values().map(|p| (&*p.name, p.sha256.as_str()));
+    let idle = snap.routes.iter().flat_map(|route| {
+        route
+            .chain
+            .iter()
+            .map(|cp| (&**cp.name(), &*route.id, cp.idle_instances()))
+    });
+    metrics.set_snapshot_gauges(plugins, idle);
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(full(body.into()));
     *r.status_mut() = status;
@@ -245,8 +258,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         return r;
     }
     if path == "/metrics" {
-        let snap = gateway.map(|g| g.current().load_full());
-        let mut r = Response::new(full(state.metrics.encode(snap.as_deref())));
+        if let Some(g) = gateway {
+            set_snapshot_gauges(&state.metrics, &g.current().load());
+        }
+        let mut r = Response::new(full(state.metrics.encode()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -311,13 +326,18 @@ fn routes(snap: &Snapshot) -> Value {
                     })
                 })
                 .collect();
-            let targets: Vec<String> = route.upstream.targets().iter().map(target_label).collect();
+            let targets: Vec<String> = route
+                .upstream
+                .targets()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let up = &route.upstream;
             let health: Vec<Value> = (0..up.endpoints().len())
                 .map(|i| {
                     let ep = &up.endpoints()[i];
                     json!({
-                        "target": target_label(&ep.target),
+                        "target": ep.target.to_string(),
                         "weight": ep.weight,
                         "healthy": ep.healthy(),
                         "ejected": up.ejected(i),

@@ -450,8 +450,10 @@ impl Snapshot {
                     }
                 }
             }
+            // Targets are labelled as they print (`host:port`, `https://...`, `builtin:echo`).
+            let targets: Vec<String> = upstream.targets().iter().map(ToString::to_string).collect();
             let route = Arc::new(Route {
-                metrics: metrics.route(id, Some(&upstream)),
+                metrics: metrics.route(id, &upstream.name, &targets),
                 id: route_id,
                 upstream,
                 chain,
