@@ -143,7 +143,7 @@ impl Gateway {
     /// section and brings the admin listener up, before any plugin loads.
     pub async fn begin(manifest: &Path) -> anyhow::Result<Starting> {
         let m = Manifest::load(manifest).map_err(ConfigErrors::from)?;
-        let settings = admin::AdminSettings::resolve(&m).map_err(ConfigErrors)?;
+        let settings = snapshot::AdminSettings::resolve(&m).map_err(ConfigErrors)?;
         let metrics = Arc::new(Metrics::new());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
