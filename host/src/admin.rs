@@ -78,7 +78,7 @@ pub(crate) async fn serve(
     state: Arc<AdminState>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((stream, peer)) = crate::proxy::accept(&listener, &mut stop, "admin").await {
+    while let Some((stream, peer)) = crate::net::accept(&listener, &mut stop, "admin").await {
         let state = state.clone();
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
