@@ -387,7 +387,7 @@ impl RequestCtx {
                 tracing::warn!(%peer, path, route, request_id = self.request_id, error = %e, "request failed")
             }
         }
-        let mut resp = e.to_response();
+        let mut resp = e.to_response().map(body::full);
         if self.http1 && e.closes_connection() {
             // The rest of what the client sent cannot be trusted as a next request.
             resp.headers_mut()
@@ -495,11 +495,15 @@ fn normalise(
     parts: &http::request::Parts,
     server: &ServerSettings,
 ) -> Result<String, GatewayError> {
-    let path = crate::path::normalise(parts.uri.path())?;
+    let path = crate::path::normalise(parts.uri.path()).map_err(bad_path)?;
     if !server.allow_encoded_slashes && crate::path::has_encoded_slash(&path) {
-        return Err(crate::path::PathError::EncodedSlash.into());
+        return Err(bad_path(crate::path::PathError::EncodedSlash));
     }
     Ok(path)
+}
+
+fn bad_path(e: crate::path::PathError) -> GatewayError {
+    GatewayError::BadPath(e.reason())
 }
 
 /// The header rules of phase 4a: hop-by-hop headers go (but `TE: trailers`,
