@@ -16,7 +16,6 @@
 //! `/readyz` (probes) needs `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -30,92 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{Body, full};
-use crate::config::{ConfigError, Manifest};
 use crate::router::{HostMatch, PathMatch};
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::{Metrics, target_label};
-
-/// `[admin]`, resolved.
-#[derive(Clone)]
-pub struct AdminSettings {
-    /// Where the admin listener binds.
-    pub listen: SocketAddr,
-    /// The bearer token, if one is required.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for AdminSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The token stays out of logs and panics.
-        f.debug_struct("AdminSettings")
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
-    }
-}
-
-impl AdminSettings {
-    /// Reads `[admin]` from the manifest (`None` without the section).
-    /// `token_env` is read from the environment now.
-    pub fn resolve(m: &Manifest) -> Result<Option<AdminSettings>, Vec<ConfigError>> {
-        let Some(admin) = &m.doc.admin else {
-            return Ok(None);
-        };
-        let mut errors = Vec::new();
-        let a = admin.get_ref();
-        let listen = match a.listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.push(
-                    m.error_at(
-                        a.listen.span(),
-                        format!("invalid admin listen address `{}`", a.listen.get_ref()),
-                    )
-                    .help("write it as `IP:PORT`, e.g. \"127.0.0.1:9901\""),
-                );
-                None
-            }
-        };
-        let token = match (&a.token, &a.token_env) {
-            (Some(_), Some(env)) => {
-                errors.push(
-                    m.error_at(env.span(), "`[admin]` has both `token` and `token_env`")
-                        .help("keep one; `token_env` keeps the secret out of the manifest"),
-                );
-                None
-            }
-            (Some(t), None) if t.get_ref().trim().is_empty() => {
-                errors.push(
-                    m.error_at(t.span(), "the admin token is empty")
-                        .help("set a long random token, or remove `token`"),
-                );
-                None
-            }
-            (Some(t), None) => Some(t.get_ref().clone()),
-            (None, Some(env)) => match std::env::var(env.get_ref()) {
-                Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
-                _ => {
-                    errors.push(
-                        m.error_at(
-                            env.span(),
-                            format!(
-                                "environment variable `{}` is not set or empty",
-                                env.get_ref()
-                            ),
-                        )
-                        .help("export it before starting weir, or use `token = \"...\"`"),
-                    );
-                    None
-                }
-            },
-            (None, None) => None,
-        };
-        match listen {
-            Some(listen) if errors.is_empty() => Ok(Some(AdminSettings { listen, token })),
-            _ => Err(errors),
-        }
-    }
-}
+use crate::telemetry::metrics::Metrics;
 
 /// What the admin handlers read.
 pub(crate) struct AdminState {
@@ -162,7 +78,7 @@ pub(crate) async fn serve(
     state: Arc<AdminState>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((stream, peer)) = crate::proxy::accept(&listener, &mut stop, "admin").await {
+    while let Some((stream, peer)) = crate::net::accept(&listener, &mut stop, "admin").await {
         let state = state.clone();
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -182,6 +98,19 @@ pub(crate) async fn serve(
             }
         });
     }
+}
+
+/// The gauges that describe the serving snapshot, read from it at scrape
+/// time: cleared first, so plugins and routes removed by a reload disappear.
+fn set_snapshot_gauges(metrics: &Metrics, snap: &Snapshot) {
+    let plugins = snap.plugins.values().map(|p| (&*p.name, p.sha256.as_str()));
+    let idle = snap.routes.iter().flat_map(|route| {
+        route
+            .chain
+            .iter()
+            .map(|cp| (&**cp.name(), &*route.id, cp.idle_instances()))
+    });
+    metrics.set_snapshot_gauges(plugins, idle);
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -245,8 +174,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         return r;
     }
     if path == "/metrics" {
-        let snap = gateway.map(|g| g.current().load_full());
-        let mut r = Response::new(full(state.metrics.encode(snap.as_deref())));
+        if let Some(g) = gateway {
+            set_snapshot_gauges(&state.metrics, &g.current().load());
+        }
+        let mut r = Response::new(full(state.metrics.encode()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -311,13 +242,18 @@ fn routes(snap: &Snapshot) -> Value {
                     })
                 })
                 .collect();
-            let targets: Vec<String> = route.upstream.targets().iter().map(target_label).collect();
+            let targets: Vec<String> = route
+                .upstream
+                .targets()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let up = &route.upstream;
             let health: Vec<Value> = (0..up.endpoints().len())
                 .map(|i| {
                     let ep = &up.endpoints()[i];
                     json!({
-                        "target": target_label(&ep.target),
+                        "target": ep.target.to_string(),
                         "weight": ep.weight,
                         "healthy": ep.healthy(),
                         "ejected": up.ejected(i),

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
+/// `[log] format` (defined beside the logger, which config may import).
+pub use crate::telemetry::logging::LogFormat;
 pub use diag::{ConfigError, Location};
 pub use duration::Duration;
 pub use size::ByteSize;
@@ -77,17 +79,6 @@ pub struct Log {
     pub format: LogFormat,
     /// `level`: a filter such as `"info"` or `"info,weir::access=off"`; `RUST_LOG` wins over it.
     pub level: Option<Spanned<String>>,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One readable line per event.
-    #[default]
-    Human,
-    /// One JSON object per line, event fields at the top level.
-    Json,
 }
 
 /// `[admin]`.

@@ -3,8 +3,6 @@
 
 use http::{Response, StatusCode, header};
 
-use crate::body::{Body, full};
-
 /// Whose fault a failed request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
@@ -21,9 +19,9 @@ pub enum Blame {
 /// Why the gateway answered instead of the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The path could not be normalised.
+    /// The path could not be normalised: the path normaliser's reason.
     #[error("bad request path: {0}")]
-    BadPath(#[from] crate::path::PathError),
+    BadPath(&'static str),
     /// No route matches host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -131,9 +129,10 @@ impl GatewayError {
         }
     }
 
-    /// The answer: status and a short body. Details of upstream and plugin
-    /// failures stay in the log, not in front of the client.
-    pub fn to_response(&self) -> Response<Body> {
+    /// The answer: status and a short text body (the caller boxes it into
+    /// its body type). Details of upstream and plugin failures stay in the
+    /// log, not in front of the client.
+    pub fn to_response(&self) -> Response<String> {
         let status = self.status();
         let text = match self.blame() {
             Blame::Downstream => format!("{self}\n"),
@@ -142,7 +141,7 @@ impl GatewayError {
                 status.canonical_reason().unwrap_or("error").to_lowercase()
             ),
         };
-        let mut resp = Response::new(full(text));
+        let mut resp = Response::new(text);
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -3,24 +3,40 @@
 //! slip past the auth of `/admin`.
 
 /// Why a path was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
     /// The path does not start with `/`.
-    #[error("path must start with `/`")]
     NotAbsolute,
     /// A `%` is not followed by two hex digits.
-    #[error("malformed percent-encoding")]
     BadPercent,
     /// A byte that may not appear in a path (control characters, space...).
-    #[error("invalid character in path")]
     BadChar,
     /// `%2F`, `%5C` or a raw `\`: an origin that decodes them (or reads `\` as `/`, as
     /// WHATWG URL parsers do) would see another path than the router did.
-    #[error(
-        "encoded slash or backslash in path (set `[server] allow_encoded_slashes = true` to pass it on)"
-    )]
     EncodedSlash,
 }
+
+impl PathError {
+    /// What is wrong, as the client is told (its `Display`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "path must start with `/`",
+            PathError::BadPercent => "malformed percent-encoding",
+            PathError::BadChar => "invalid character in path",
+            PathError::EncodedSlash => {
+                "encoded slash or backslash in path (set `[server] allow_encoded_slashes = true` to pass it on)"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for PathError {}
 
 /// Normalises an origin-form path (no query):
 /// - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded,

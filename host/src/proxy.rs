@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::net::{Serving, accept};
 use crate::snapshot::Snapshot;
 
 /// What the handler knows about the connection a request came on.
@@ -309,47 +310,9 @@ impl Drop for Busy {
     }
 }
 
-/// The next connection on `listener`, or `None` once the phase leaves
-/// [`Phase::Serving`]. Accept errors (usually EMFILE) are logged and retried
-/// after a short back-off instead of spinning.
-pub(crate) async fn accept<T: Serving>(
-    listener: &TcpListener,
-    stop: &mut watch::Receiver<T>,
-    what: &str,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        if !stop.borrow_and_update().serving() {
-            return None;
-        }
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => return Some(c),
-                Err(e) => {
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            changed = stop.changed() => if changed.is_err() { return None },
-        }
-    }
-}
-
-/// A stop signal as seen by an accept loop.
-pub(crate) trait Serving {
-    /// Whether listeners should keep accepting.
-    fn serving(&self) -> bool;
-}
-
 impl Serving for Phase {
     fn serving(&self) -> bool {
         *self == Phase::Serving
-    }
-}
-
-impl Serving for bool {
-    /// `true` means "stop".
-    fn serving(&self) -> bool {
-        !*self
     }
 }
 

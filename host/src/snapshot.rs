@@ -5,6 +5,7 @@
 //! [`policy`] resolves each plugin's sandbox (limits, grants, pin) and each
 //! route's failure policy from the manifest.
 
+mod admin;
 mod policy;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_spanned::Spanned;
 
-use crate::admin::AdminSettings;
 use crate::config::{self, ConfigError, Manifest};
 use crate::plugin::{ChainPlugin, LoadedPlugin, PluginErrorKind, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{self, Target, Upstream};
+
+pub use admin::AdminSettings;
 
 /// Listener and connection settings.
 #[derive(Debug, Clone)]
@@ -450,8 +452,10 @@ impl Snapshot {
                     }
                 }
             }
+            // Targets are labelled as they print (`host:port`, `https://...`, `builtin:echo`).
+            let targets: Vec<String> = upstream.targets().iter().map(ToString::to_string).collect();
             let route = Arc::new(Route {
-                metrics: metrics.route(id, Some(&upstream)),
+                metrics: metrics.route(id, &upstream.name, &targets),
                 id: route_id,
                 upstream,
                 chain,

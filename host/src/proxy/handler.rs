@@ -42,6 +42,7 @@ use crate::error::GatewayError;
 use crate::plugin::{Chain, Early, Failed, RequestState, ResponseState};
 use crate::router::host_of;
 use crate::snapshot::{Route, ServerSettings, Snapshot};
+use crate::telemetry::metrics::Exchange;
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Target, echo};
@@ -347,7 +348,7 @@ impl RequestCtx {
             let took = sent.elapsed();
             self.access.upstream_time = Some(self.access.upstream_time.unwrap_or_default() + took);
             if let Some(m) = metrics {
-                m.exchanged(result.as_ref().map(|_| ()), took);
+                m.exchanged(exchange(result.as_ref().map(|_| ())), took);
             }
             let failed = match &result {
                 Ok((r, _)) => matches!(r.status().as_u16(), 502..=504),
@@ -386,7 +387,7 @@ impl RequestCtx {
                 tracing::warn!(%peer, path, route, request_id = self.request_id, error = %e, "request failed")
             }
         }
-        let mut resp = e.to_response();
+        let mut resp = e.to_response().map(body::full);
         if self.http1 && e.closes_connection() {
             // The rest of what the client sent cannot be trusted as a next request.
             resp.headers_mut()
@@ -494,11 +495,15 @@ fn normalise(
     parts: &http::request::Parts,
     server: &ServerSettings,
 ) -> Result<String, GatewayError> {
-    let path = crate::path::normalise(parts.uri.path())?;
+    let path = crate::path::normalise(parts.uri.path()).map_err(bad_path)?;
     if !server.allow_encoded_slashes && crate::path::has_encoded_slash(&path) {
-        return Err(crate::path::PathError::EncodedSlash.into());
+        return Err(bad_path(crate::path::PathError::EncodedSlash));
     }
     Ok(path)
+}
+
+fn bad_path(e: crate::path::PathError) -> GatewayError {
+    GatewayError::BadPath(e.reason())
 }
 
 /// The header rules of phase 4a: hop-by-hop headers go (but `TE: trailers`,
@@ -628,6 +633,19 @@ async fn splice(
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%route, error = %e, "websocket tunnel ended with an error");
+    }
+}
+
+/// How an exchange ended, for the target's metrics.
+fn exchange(result: Result<(), &GatewayError>) -> Exchange {
+    match result {
+        Ok(()) => Exchange::Answered,
+        Err(GatewayError::UpstreamTimeout(_)) => Exchange::TimedOut,
+        Err(GatewayError::UpstreamConnect(_) | GatewayError::UpstreamUnavailable(_)) => {
+            Exchange::Unavailable
+        }
+        // The client's fault (e.g. body too large): says nothing about the target.
+        Err(_) => Exchange::NotTheTarget,
     }
 }
 

@@ -4,12 +4,22 @@
 
 use std::io::IsTerminal;
 
+use serde::Deserialize;
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-pub use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, event fields at the top level.
+    Json,
+}
 
 /// How the process logs.
 #[derive(Debug, Clone, Default)]

@@ -5,7 +5,9 @@
 //! each route gets a [`RouteMetrics`] and each (route, plugin) pair a
 //! [`PluginMetrics`] holding the counters and histograms it updates (each
 //! one an `Arc` to an atomic). Gauges that describe the snapshot itself
-//! (plugin versions, idle instances) are refreshed at scrape time.
+//! (plugin versions, idle instances) are set by the scraper from the serving
+//! snapshot ([`Metrics::set_snapshot_gauges`]). Labels come in as plain
+//! strings: this module knows nothing of the snapshot, upstreams or errors.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -25,10 +27,6 @@ pub use custom::{
     CounterError, MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_SERIES_PER_PLUGIN, PluginCounters,
 };
 use custom::{CustomCounters, PluginLabel, PluginReason};
-
-use crate::error::GatewayError;
-use crate::snapshot::Snapshot;
-use crate::upstream::{Target, Upstream};
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE: &str = "-";
@@ -287,12 +285,13 @@ impl Metrics {
             custom,
             unrouted: RouteMetrics::placeholder(),
         };
-        m.unrouted = m.route(NO_ROUTE, None);
+        m.unrouted = m.route(NO_ROUTE, "", &[]);
         m
     }
 
-    /// Handles for one route (and its upstream's targets).
-    pub fn route(&self, route: &str, upstream: Option<&Upstream>) -> RouteMetrics {
+    /// Handles for one route, and for each of its upstream's `targets`
+    /// (labelled as given, in that order; see [`RouteMetrics::target`]).
+    pub fn route(&self, route: &str, upstream: &str, targets: &[String]) -> RouteMetrics {
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|status_class| {
             self.requests.get_or_create_owned(&RouteClass {
                 route: route.into(),
@@ -302,14 +301,7 @@ impl Metrics {
         let duration = self.request_duration.get_or_create_owned(&RouteLabels {
             route: route.into(),
         });
-        let targets = upstream
-            .map(|u| {
-                u.targets()
-                    .iter()
-                    .map(|t| self.target(&u.name, t))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let targets = targets.iter().map(|t| self.target(upstream, t)).collect();
         RouteMetrics {
             classes,
             duration,
@@ -317,16 +309,15 @@ impl Metrics {
         }
     }
 
-    fn target(&self, upstream: &str, target: &Target) -> TargetMetrics {
-        let target = target_label(target);
+    fn target(&self, upstream: &str, target: &str) -> TargetMetrics {
         let labels = TargetLabels {
             upstream: upstream.into(),
-            target: target.clone(),
+            target: target.into(),
         };
         let error = |kind| {
             self.upstream_errors.get_or_create_owned(&TargetError {
                 upstream: upstream.into(),
-                target: target.clone(),
+                target: target.into(),
                 kind,
             })
         };
@@ -401,38 +392,41 @@ impl Metrics {
         ConnectionGuard(self.connections_open.clone())
     }
 
-    /// The OpenMetrics text exposition, with the snapshot gauges refreshed from `snap`.
-    pub fn encode(&self, snap: Option<&Snapshot>) -> String {
-        if let Some(snap) = snap {
-            self.refresh(snap);
-        }
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 
-    fn refresh(&self, snap: &Snapshot) {
-        // Cleared first so plugins and routes removed by a reload disappear.
+    /// Replaces the gauges that describe the serving snapshot (the caller
+    /// reads them from it just before a scrape): `weir_plugin_info`, one
+    /// series per loaded `(plugin, sha256)`, and `weir_plugin_idle_instances`
+    /// per `(plugin, route, idle)`. Series not given again disappear, as
+    /// after a reload that removed a plugin or a route.
+    pub fn set_snapshot_gauges<'a>(
+        &self,
+        plugins: impl IntoIterator<Item = (&'a str, &'a str)>,
+        idle: impl IntoIterator<Item = (&'a str, &'a str, usize)>,
+    ) {
         self.plugin_info.clear();
-        for p in snap.plugins.values() {
+        for (plugin, sha256) in plugins {
             self.plugin_info
                 .get_or_create(&PluginInfo {
-                    plugin: p.name.to_string(),
-                    sha256: p.sha256.clone(),
+                    plugin: plugin.to_string(),
+                    sha256: sha256.to_string(),
                 })
                 .set(1);
         }
         self.plugin_idle.clear();
-        for route in &snap.routes {
-            for cp in &route.chain {
-                self.plugin_idle
-                    .get_or_create(&PluginRoute {
-                        plugin: cp.name().to_string(),
-                        route: route.id.to_string(),
-                    })
-                    .set(cp.idle_instances() as i64);
-            }
+        for (plugin, route, idle) in idle {
+            self.plugin_idle
+                .get_or_create(&PluginRoute {
+                    plugin: plugin.to_string(),
+                    route: route.to_string(),
+                })
+                .set(idle as i64);
         }
     }
 }
@@ -444,11 +438,6 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// How a target is named in labels and logs.
-pub fn target_label(t: &Target) -> String {
-    t.to_string()
 }
 
 /// A route's metric handles.
@@ -474,7 +463,8 @@ impl RouteMetrics {
         self.duration.observe(elapsed.as_secs_f64());
     }
 
-    /// The handles of the upstream target at `index` (see [`Upstream::targets`]).
+    /// The handles of the upstream target at `index` in the `targets` given
+    /// to [`Metrics::route`].
     pub fn target(&self, index: usize) -> Option<&TargetMetrics> {
         self.targets.get(index)
     }
@@ -492,24 +482,38 @@ pub struct TargetMetrics {
 
 impl TargetMetrics {
     /// Records one exchange: its time to the response head, or how it failed.
-    pub fn exchanged(&self, result: Result<(), &GatewayError>, elapsed: Duration) {
-        match result {
-            Ok(()) => {
+    pub fn exchanged(&self, outcome: Exchange, elapsed: Duration) {
+        match outcome {
+            Exchange::Answered => {
                 self.duration.observe(elapsed.as_secs_f64());
                 self.up.set(1);
             }
-            Err(GatewayError::UpstreamTimeout(_)) => {
+            Exchange::TimedOut => {
                 self.timeout.inc();
                 self.up.set(0);
             }
-            Err(GatewayError::UpstreamConnect(_) | GatewayError::UpstreamUnavailable(_)) => {
+            Exchange::Unavailable => {
                 self.unavailable.inc();
                 self.up.set(0);
             }
-            // The client's fault (e.g. body too large): says nothing about the target.
-            Err(_) => {}
+            Exchange::NotTheTarget => {}
         }
     }
+}
+
+/// How an exchange with an upstream target ended, as its metrics count it
+/// (the proxy derives it from the request's outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// A response head arrived: observed in `weir_upstream_duration`, `weir_upstream_up` 1.
+    Answered,
+    /// The target did not answer in time: `kind="timeout"`, `weir_upstream_up` 0.
+    TimedOut,
+    /// No connection, or the exchange broke: `kind="unavailable"`, `weir_upstream_up` 0.
+    Unavailable,
+    /// Failed for a reason that says nothing about the target (e.g. the
+    /// client's body was too large): not counted.
+    NotTheTarget,
 }
 
 /// Which hook a plugin call ran.

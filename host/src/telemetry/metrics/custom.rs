@@ -259,7 +259,7 @@ mod tests {
         p.counters
             .add("api", "hits", labels(&[("a", "1"), ("b", "2")]), 1)
             .unwrap();
-        let text = m.encode(None);
+        let text = m.encode();
         assert!(
             text.contains(
                 "weir_custom_rejected_total{plugin=\"auth\",route=\"api\",reason=\"a \\\"quoted\\\"\\nvalue\"} 2\n"
@@ -311,7 +311,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let text = m.encode(None);
+        let text = m.encode();
         assert!(
             text.contains(
                 "weir_plugin_counter_drops_total{plugin=\"auth\",reason=\"invalid\"} 13\n"
@@ -341,7 +341,7 @@ mod tests {
             .counters
             .add("a", "n", vec![], 1)
             .unwrap();
-        let text = m.encode(None);
+        let text = m.encode();
         assert!(
             text.contains("weir_custom_n_total{plugin=\"p\",route=\"a\",i=\"0\"} 6\n"),
             "{text}"
