@@ -206,6 +206,8 @@ impl Snapshot {
         Self::resolve(&manifest, runtime, metrics, previous, started).await
     }
 
+    /// The phases of a load, in order; every error is collected, so one
+    /// `weir check` reports them all.
     async fn resolve(
         m: &Manifest,
         runtime: &Arc<Runtime>,
@@ -217,258 +219,18 @@ impl Snapshot {
             m,
             errors: Vec::new(),
         };
-        let doc = &m.doc;
-
-        let mut listen = Vec::new();
-        for a in &doc.server.listen {
-            match a.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => listen.push(addr),
-                Err(_) => {
-                    l.err::<()>(
-                        a.span(),
-                        format!("invalid listen address `{}`", a.get_ref()),
-                        Some(
-                            "write it as `IP:PORT`, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""
-                                .into(),
-                        ),
-                    );
-                }
-            }
-        }
-        let mut trusted_proxies = Vec::new();
-        for p in &doc.server.trusted_proxies {
-            let text = p.get_ref();
-            let parsed = text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => {
-                    l.err::<()>(
-                        p.span(),
-                        format!("invalid trusted proxy `{text}`"),
-                        Some("write an address or a network: \"10.0.0.7\", \"10.0.0.0/8\"".into()),
-                    );
-                }
-            }
-        }
-        if doc.server.max_header_bytes < 8192 {
-            l.err::<()>(0..0, "server.max_header_bytes must be at least 8192", None);
-        }
-        // `[admin]` and `[log]` apply at start; checked here so `weir check` reports them.
-        if let Err(errors) = AdminSettings::resolve(m) {
-            l.errors.extend(errors);
-        }
-        if let Some(level) = &doc.log.level
-            && let Err(e) = crate::telemetry::logging::check_level(level.get_ref())
-        {
-            l.err::<()>(
-                level.span(),
-                format!("invalid log level `{}`: {e}", level.get_ref()),
-                Some("use a level (`info`) or filters like `info,weir::access=off`".into()),
-            );
-        }
-        let server = ServerSettings {
-            listen,
-            trusted_proxies,
-            tls: doc.server.tls.as_ref().and_then(|t| resolve_tls(&mut l, t)),
-            ..ServerSettings::from_raw(&doc.server)
+        let server = resolve_server(&mut l);
+        let upstreams = resolve_upstreams(&mut l, previous);
+        let (plugins, policies) = load_plugins(&mut l, runtime, previous).await;
+        let loaded = Loaded {
+            runtime,
+            metrics,
+            previous,
+            upstreams: &upstreams,
+            plugins: &plugins,
+            policies: &policies,
         };
-
-        // Upstreams.
-        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
-        for (name, u) in &doc.upstreams {
-            if u.targets.is_empty() {
-                l.err::<()>(
-                    name.span(),
-                    format!("upstream `{}` has no targets", name.get_ref()),
-                    Some("add `targets = [\"http://127.0.0.1:9000\"]`".into()),
-                );
-                continue;
-            }
-            let mut targets = Vec::new();
-            for t in &u.targets {
-                match Target::parse(&t.get_ref().url) {
-                    Ok(target) => targets.push((target, t.get_ref().weight)),
-                    Err(e) => {
-                        l.err::<()>(t.span(), e, None);
-                    }
-                }
-            }
-            let Some(settings) = upstream_settings(&mut l, name, u, &targets) else {
-                continue;
-            };
-            let up = reuse_or_new(previous, name.get_ref().as_str(), targets, settings);
-            upstreams.insert(name.get_ref().to_string(), up);
-        }
-
-        // Plugins: each file read once, checked against its policy, and compiled
-        // off the async threads unless unchanged.
-        let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
-        let mut policies: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
-        for (name, p) in &doc.plugins {
-            let Some(policy) = policy::resolve_policy(&mut l, name.get_ref().as_str(), p) else {
-                continue;
-            };
-            let file = m.base_dir().join(p.path.get_ref());
-            let bytes = match tokio::fs::read(&file).await {
-                Ok(b) => b,
-                Err(e) => {
-                    let what = if e.kind() == std::io::ErrorKind::NotFound {
-                        "not found".to_string()
-                    } else {
-                        e.to_string()
-                    };
-                    l.err::<()>(
-                        p.path.span(),
-                        format!("plugin `{}`: file `{}` {what}", name.get_ref(), file.display()),
-                        Some("paths are relative to the manifest; build the plugin with `cargo build --target wasm32-wasip2` first".into()),
-                    );
-                    continue;
-                }
-            };
-            let sha256 = crate::plugin::sha256_hex(&bytes);
-            let policy = Arc::new(policy);
-            let unchanged = previous
-                .and_then(|s| s.plugins.get(name.get_ref().as_str()))
-                .filter(|o| o.sha256 == sha256 && o.path == file)
-                .cloned();
-            let loaded = match unchanged {
-                // Not recompiled, but the (possibly edited) policy still applies.
-                Some(same) => Ok(same.admit(&policy).map(|()| same)),
-                None => {
-                    let (rt, n, f, pol) = (
-                        runtime.clone(),
-                        name.get_ref().to_string(),
-                        file.clone(),
-                        policy.clone(),
-                    );
-                    tokio::task::spawn_blocking(move || {
-                        rt.load_bytes(&n, &f, bytes, &pol).map(Arc::new)
-                    })
-                    .await
-                }
-            };
-            match loaded {
-                Ok(Ok(lp)) => {
-                    plugins.insert(name.get_ref().to_string(), lp);
-                    policies.insert(name.get_ref().to_string(), policy);
-                }
-                Ok(Err(e)) => {
-                    let (span, help) = policy::load_error_help(p, &e);
-                    l.err::<()>(
-                        span,
-                        format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()),
-                        Some(help),
-                    );
-                }
-                Err(e) => {
-                    l.err::<()>(
-                        p.path.span(),
-                        format!("plugin `{}`: loader panicked: {e}", name.get_ref()),
-                        None,
-                    );
-                }
-            }
-        }
-
-        // Routes.
-        let mut seen: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
-        let mut routes = Vec::new();
-        let mut rules = Vec::new();
-        for r in &doc.routes {
-            let r = r.get_ref();
-            let id = r.id.get_ref().as_str();
-            if let Some(first) = seen.get(id) {
-                let line = config::Location::from_offset(&m.source, first.start).line;
-                l.err::<()>(
-                    r.id.span(),
-                    format!("duplicate route id `{id}` (first defined on line {line})"),
-                    Some("give each route a unique `id`".into()),
-                );
-                continue;
-            }
-            seen.insert(id, r.id.span());
-            let Some(resolved) = resolve_route(&mut l, r, &upstreams, previous) else {
-                continue;
-            };
-            let (rule, upstream) = resolved;
-
-            let route_id: Arc<str> = id.into();
-            let mut chain = Vec::new();
-            for entry in &r.plugins {
-                let entry_span = entry.span();
-                let entry = entry.get_ref();
-                let pname = entry.name.get_ref();
-                let Some(plugin) = plugins.get(pname.as_str()) else {
-                    if !doc.plugins.keys().any(|k| k.get_ref().as_str() == pname) {
-                        let known: Vec<&str> =
-                            doc.plugins.keys().map(|k| k.get_ref().as_str()).collect();
-                        l.err::<()>(
-                            entry.name.span(),
-                            format!("route `{id}`: unknown plugin `{pname}` (defined plugins: {})", list(&known)),
-                            Some(format!("define it with `[plugins.{pname}]` and `path = \"...wasm\"`, or fix the name")),
-                        );
-                    }
-                    continue;
-                };
-                let json = match &entry.config {
-                    Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
-                    None => "{}".into(),
-                };
-                let isolation = doc
-                    .plugins
-                    .iter()
-                    .find(|(k, _)| k.get_ref().as_str() == pname)
-                    .map(|(_, p)| p.isolation)
-                    .unwrap_or_default();
-                let policy = policies.get(pname.as_str()).cloned().unwrap_or_default();
-                let Some(fail) = policy::resolve_fail(&mut l, id, entry) else {
-                    continue;
-                };
-                let usage = PluginUse {
-                    config_json: json,
-                    isolation,
-                    policy,
-                    fail,
-                };
-                match ChainPlugin::new(
-                    runtime.clone(),
-                    plugin.clone(),
-                    route_id.clone(),
-                    usage,
-                    metrics.plugin(pname, id, &PluginErrorKind::REASONS),
-                )
-                .await
-                {
-                    Ok(cp) => chain.push(cp),
-                    Err(e) => {
-                        let span = entry
-                            .config
-                            .as_ref()
-                            .map(Spanned::span)
-                            .unwrap_or(entry_span);
-                        l.err::<()>(span, format!("route `{id}`, plugin `{pname}`: {}", e.kind), Some(format!("fix this route's `config` table for `{pname}` (see the plugin's README)")));
-                    }
-                }
-            }
-            // Targets are labelled as they print (`host:port`, `https://...`, `builtin:echo`).
-            let targets: Vec<String> = upstream.targets().iter().map(ToString::to_string).collect();
-            let route = Arc::new(Route {
-                metrics: metrics.route(id, &upstream.name, &targets),
-                id: route_id,
-                upstream,
-                chain,
-            });
-            rules.push(RouteRule {
-                host: rule.0,
-                path: rule.1,
-                methods: rule.2,
-                target: route.clone(),
-            });
-            routes.push(route);
-        }
-
+        let (routes, rules) = resolve_routes(&mut l, &loaded).await;
         if !l.errors.is_empty() {
             return Err(ConfigErrors(l.errors));
         }
@@ -482,6 +244,319 @@ impl Snapshot {
             metrics: metrics.clone(),
         })
     }
+}
+
+/// What routes are built from: the parts of the load resolved before them.
+struct Loaded<'a> {
+    runtime: &'a Arc<Runtime>,
+    metrics: &'a Arc<Metrics>,
+    previous: Option<&'a Snapshot>,
+    upstreams: &'a HashMap<String, Arc<Upstream>>,
+    plugins: &'a BTreeMap<String, Arc<LoadedPlugin>>,
+    policies: &'a BTreeMap<String, Arc<Policy>>,
+}
+
+/// `[server]` (with its TLS), and the `[admin]` and `[log]` checks.
+fn resolve_server(l: &mut Loader<'_>) -> ServerSettings {
+    let m = l.m;
+    let doc = &m.doc;
+    let mut listen = Vec::new();
+    for a in &doc.server.listen {
+        match a.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => listen.push(addr),
+            Err(_) => {
+                l.err::<()>(
+                    a.span(),
+                    format!("invalid listen address `{}`", a.get_ref()),
+                    Some("write it as `IP:PORT`, e.g. \"127.0.0.1:8080\" or \"[::]:8080\"".into()),
+                );
+            }
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for p in &doc.server.trusted_proxies {
+        let text = p.get_ref();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => {
+                l.err::<()>(
+                    p.span(),
+                    format!("invalid trusted proxy `{text}`"),
+                    Some("write an address or a network: \"10.0.0.7\", \"10.0.0.0/8\"".into()),
+                );
+            }
+        }
+    }
+    if doc.server.max_header_bytes < 8192 {
+        l.err::<()>(0..0, "server.max_header_bytes must be at least 8192", None);
+    }
+    // `[admin]` and `[log]` apply at start; checked here so `weir check` reports them.
+    if let Err(errors) = AdminSettings::resolve(m) {
+        l.errors.extend(errors);
+    }
+    if let Some(level) = &doc.log.level
+        && let Err(e) = crate::telemetry::logging::check_level(level.get_ref())
+    {
+        l.err::<()>(
+            level.span(),
+            format!("invalid log level `{}`: {e}", level.get_ref()),
+            Some("use a level (`info`) or filters like `info,weir::access=off`".into()),
+        );
+    }
+    ServerSettings {
+        listen,
+        trusted_proxies,
+        tls: doc.server.tls.as_ref().and_then(|t| resolve_tls(l, t)),
+        ..ServerSettings::from_raw(&doc.server)
+    }
+}
+
+/// `[upstreams.NAME]`: targets parsed, settings checked; unchanged upstreams keep their state.
+fn resolve_upstreams(
+    l: &mut Loader<'_>,
+    previous: Option<&Snapshot>,
+) -> HashMap<String, Arc<Upstream>> {
+    let doc = &l.m.doc;
+    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+    for (name, u) in &doc.upstreams {
+        if u.targets.is_empty() {
+            l.err::<()>(
+                name.span(),
+                format!("upstream `{}` has no targets", name.get_ref()),
+                Some("add `targets = [\"http://127.0.0.1:9000\"]`".into()),
+            );
+            continue;
+        }
+        let mut targets = Vec::new();
+        for t in &u.targets {
+            match Target::parse(&t.get_ref().url) {
+                Ok(target) => targets.push((target, t.get_ref().weight)),
+                Err(e) => {
+                    l.err::<()>(t.span(), e, None);
+                }
+            }
+        }
+        let Some(settings) = upstream_settings(l, name, u, &targets) else {
+            continue;
+        };
+        let up = reuse_or_new(previous, name.get_ref().as_str(), targets, settings);
+        upstreams.insert(name.get_ref().to_string(), up);
+    }
+    upstreams
+}
+
+type Plugins = (
+    BTreeMap<String, Arc<LoadedPlugin>>,
+    BTreeMap<String, Arc<Policy>>,
+);
+
+/// `[plugins.NAME]`: each file read once, checked against its policy, and
+/// compiled off the async threads unless unchanged since `previous`.
+async fn load_plugins(
+    l: &mut Loader<'_>,
+    runtime: &Arc<Runtime>,
+    previous: Option<&Snapshot>,
+) -> Plugins {
+    let m = l.m;
+    let doc = &m.doc;
+    let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
+    let mut policies: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
+    for (name, p) in &doc.plugins {
+        let Some(policy) = policy::resolve_policy(l, name.get_ref().as_str(), p) else {
+            continue;
+        };
+        let file = m.base_dir().join(p.path.get_ref());
+        let bytes = match tokio::fs::read(&file).await {
+            Ok(b) => b,
+            Err(e) => {
+                let what = if e.kind() == std::io::ErrorKind::NotFound {
+                    "not found".to_string()
+                } else {
+                    e.to_string()
+                };
+                l.err::<()>(
+                    p.path.span(),
+                    format!("plugin `{}`: file `{}` {what}", name.get_ref(), file.display()),
+                    Some("paths are relative to the manifest; build the plugin with `cargo build --target wasm32-wasip2` first".into()),
+                );
+                continue;
+            }
+        };
+        let sha256 = crate::plugin::sha256_hex(&bytes);
+        let policy = Arc::new(policy);
+        let unchanged = previous
+            .and_then(|s| s.plugins.get(name.get_ref().as_str()))
+            .filter(|o| o.sha256 == sha256 && o.path == file)
+            .cloned();
+        let loaded = match unchanged {
+            // Not recompiled, but the (possibly edited) policy still applies.
+            Some(same) => Ok(same.admit(&policy).map(|()| same)),
+            None => {
+                let (rt, n, f, pol) = (
+                    runtime.clone(),
+                    name.get_ref().to_string(),
+                    file.clone(),
+                    policy.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    rt.load_bytes(&n, &f, bytes, &pol).map(Arc::new)
+                })
+                .await
+            }
+        };
+        match loaded {
+            Ok(Ok(lp)) => {
+                plugins.insert(name.get_ref().to_string(), lp);
+                policies.insert(name.get_ref().to_string(), policy);
+            }
+            Ok(Err(e)) => {
+                let (span, help) = policy::load_error_help(p, &e);
+                l.err::<()>(
+                    span,
+                    format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()),
+                    Some(help),
+                );
+            }
+            Err(e) => {
+                l.err::<()>(
+                    p.path.span(),
+                    format!("plugin `{}`: loader panicked: {e}", name.get_ref()),
+                    None,
+                );
+            }
+        }
+    }
+    (plugins, policies)
+}
+
+/// `[[routes]]`: each route's match rule, upstream and plugin chain.
+async fn resolve_routes(
+    l: &mut Loader<'_>,
+    loaded: &Loaded<'_>,
+) -> (Vec<Arc<Route>>, Vec<RouteRule<Route>>) {
+    let m = l.m;
+    let doc = &m.doc;
+    let mut seen: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
+    let mut routes = Vec::new();
+    let mut rules = Vec::new();
+    for r in &doc.routes {
+        let r = r.get_ref();
+        let id = r.id.get_ref().as_str();
+        if let Some(first) = seen.get(id) {
+            let line = config::Location::from_offset(&m.source, first.start).line;
+            l.err::<()>(
+                r.id.span(),
+                format!("duplicate route id `{id}` (first defined on line {line})"),
+                Some("give each route a unique `id`".into()),
+            );
+            continue;
+        }
+        seen.insert(id, r.id.span());
+        let Some(resolved) = resolve_route(l, r, loaded.upstreams, loaded.previous) else {
+            continue;
+        };
+        let (rule, upstream) = resolved;
+
+        let route_id: Arc<str> = id.into();
+        let chain = resolve_chain(l, r, &route_id, loaded).await;
+        // Targets are labelled as they print (`host:port`, `https://...`, `builtin:echo`).
+        let targets: Vec<String> = upstream.targets().iter().map(ToString::to_string).collect();
+        let route = Arc::new(Route {
+            metrics: loaded.metrics.route(id, &upstream.name, &targets),
+            id: route_id,
+            upstream,
+            chain,
+        });
+        rules.push(RouteRule {
+            host: rule.0,
+            path: rule.1,
+            methods: rule.2,
+            target: route.clone(),
+        });
+        routes.push(route);
+    }
+    (routes, rules)
+}
+
+/// One route's `[[routes.plugins]]`: each plugin set up for the route, its config validated by `init`.
+async fn resolve_chain(
+    l: &mut Loader<'_>,
+    r: &config::Route,
+    route_id: &Arc<str>,
+    loaded: &Loaded<'_>,
+) -> Vec<ChainPlugin> {
+    let doc = &l.m.doc;
+    let id = &**route_id;
+    let mut chain = Vec::new();
+    for entry in &r.plugins {
+        let entry_span = entry.span();
+        let entry = entry.get_ref();
+        let pname = entry.name.get_ref();
+        let Some(plugin) = loaded.plugins.get(pname.as_str()) else {
+            if !doc.plugins.keys().any(|k| k.get_ref().as_str() == pname) {
+                let known: Vec<&str> = doc.plugins.keys().map(|k| k.get_ref().as_str()).collect();
+                l.err::<()>(
+                    entry.name.span(),
+                    format!("route `{id}`: unknown plugin `{pname}` (defined plugins: {})", list(&known)),
+                    Some(format!("define it with `[plugins.{pname}]` and `path = \"...wasm\"`, or fix the name")),
+                );
+            }
+            continue;
+        };
+        let json = match &entry.config {
+            Some(c) => serde_json::to_string(c.get_ref()).unwrap_or_else(|_| "{}".into()),
+            None => "{}".into(),
+        };
+        let isolation = doc
+            .plugins
+            .iter()
+            .find(|(k, _)| k.get_ref().as_str() == pname)
+            .map(|(_, p)| p.isolation)
+            .unwrap_or_default();
+        let policy = loaded
+            .policies
+            .get(pname.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let Some(fail) = policy::resolve_fail(l, id, entry) else {
+            continue;
+        };
+        let usage = PluginUse {
+            config_json: json,
+            isolation,
+            policy,
+            fail,
+        };
+        match ChainPlugin::new(
+            loaded.runtime.clone(),
+            plugin.clone(),
+            route_id.clone(),
+            usage,
+            loaded.metrics.plugin(pname, id, &PluginErrorKind::REASONS),
+        )
+        .await
+        {
+            Ok(cp) => chain.push(cp),
+            Err(e) => {
+                let span = entry
+                    .config
+                    .as_ref()
+                    .map(Spanned::span)
+                    .unwrap_or(entry_span);
+                l.err::<()>(
+                    span,
+                    format!("route `{id}`, plugin `{pname}`: {}", e.kind),
+                    Some(format!(
+                        "fix this route's `config` table for `{pname}` (see the plugin's README)"
+                    )),
+                );
+            }
+        }
+    }
+    chain
 }
 
 type Rule = (HostMatch, PathMatch, Vec<Method>);
@@ -602,6 +677,10 @@ fn list(names: &[&str]) -> String {
 }
 
 /// An upstream's settings from `[upstreams.NAME]`; errors go to `l`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check per key, in the order the README documents them"
+)]
 fn upstream_settings(
     l: &mut Loader<'_>,
     name: &Spanned<config::Name>,
@@ -768,6 +847,10 @@ fn reuse_or_new(
 
 /// `[server.tls]`: listen addresses, and each certificate read from disk,
 /// checked against its key and registered under its SNI names.
+#[expect(
+    clippy::too_many_lines,
+    reason = "each certificate's checks read best in the order an operator fixes them"
+)]
 fn resolve_tls(l: &mut Loader<'_>, t: &Spanned<config::Tls>) -> Option<TlsSettings> {
     use crate::tls;
     let before = l.errors.len();

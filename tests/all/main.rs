@@ -2,6 +2,11 @@
 //! per area. Every test runs real gateways and real origins on 127.0.0.1:0
 //! with the real compiled plugins.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test reads as one scenario from start to assertions; its steps stay together"
+)]
+
 mod attacks;
 mod audit;
 mod chain;

@@ -10,6 +10,10 @@ use crate::plugin::limits::{MAX_MEMORY_CEILING, MIN_CPU_DEADLINE};
 use crate::plugin::{FailPolicy, Grants, Limits, LoadError, Policy};
 
 /// `[plugins.NAME]` limits, grants and pin, checked and filled with defaults.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check per limit, in the order of the README's limits table"
+)]
 pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin) -> Option<Policy> {
     let d = Limits::default();
     let mut ok = true;
