@@ -44,6 +44,7 @@ enum Entry {
 
 impl Entry {
     /// Whether the entry is back at its initial value, so dropping it changes nothing.
+    /// `now` may be older than the entry's last update (read before another thread's).
     fn is_idle(&self, now: u64) -> bool {
         match *self {
             Entry::Window {
@@ -51,12 +52,13 @@ impl Entry {
                 window_ms,
                 ..
             } => now >= start_ms + window_ms,
+            // A bucket that never refills (rate 0) is idle only while full.
             Entry::Bucket {
                 tokens,
                 last_ms,
                 capacity,
                 rate,
-            } => rate <= 0.0 || tokens + (now - last_ms) as f64 / 1000.0 * rate >= capacity,
+            } => tokens + now.saturating_sub(last_ms) as f64 / 1000.0 * rate >= capacity,
         }
     }
 }
@@ -94,26 +96,34 @@ impl SharedState {
 
     /// Adds `delta` in the fixed window containing now.
     pub fn incr_window(&self, key: String, delta: u64, window_ms: u64) -> WindowCount {
+        self.incr_window_at(self.now_ms(), key, delta, window_ms)
+    }
+
+    fn incr_window_at(&self, now: u64, key: String, delta: u64, window_ms: u64) -> WindowCount {
         let window_ms = window_ms.max(1);
-        let now = self.now_ms();
         let start = now - now % window_ms;
         self.with_entry(
             key,
             now,
             || Entry::Window { start_ms: start, window_ms, count: 0 },
             |e| {
-                if !matches!(e, Entry::Window { start_ms, window_ms: w, .. } if *start_ms == start && *w == window_ms) {
+                // A later window (another caller read the clock after us) is kept, not reset.
+                if !matches!(e, Entry::Window { start_ms, window_ms: w, .. } if *start_ms >= start && *w == window_ms) {
                     *e = Entry::Window { start_ms: start, window_ms, count: 0 };
                 }
-                let Entry::Window { count, .. } = e else { unreachable!() };
+                let Entry::Window { start_ms, count, .. } = e else { unreachable!() };
                 *count = count.saturating_add(delta);
-                WindowCount { count: *count, reset_ms: start + window_ms - now }
+                WindowCount { count: *count, reset_ms: (*start_ms + window_ms).saturating_sub(now) }
             },
         )
     }
 
     /// Takes `cost` tokens from a bucket if it has them.
     pub fn take(&self, key: String, bucket: Bucket, cost: u32) -> TakeResult {
+        self.take_at(self.now_ms(), key, bucket, cost)
+    }
+
+    fn take_at(&self, now: u64, key: String, bucket: Bucket, cost: u32) -> TakeResult {
         let capacity = f64::from(bucket.capacity);
         let rate = if bucket.refill_per_sec.is_finite() {
             bucket.refill_per_sec.max(0.0)
@@ -121,7 +131,6 @@ impl SharedState {
             0.0
         };
         let cost = f64::from(cost);
-        let now = self.now_ms();
         self.with_entry(
             key,
             now,
@@ -132,8 +141,10 @@ impl SharedState {
                     *e = Entry::Bucket { tokens: capacity, last_ms: now, capacity, rate };
                 }
                 let Entry::Bucket { tokens, last_ms, .. } = e else { unreachable!() };
-                *tokens = (*tokens + (now - *last_ms) as f64 / 1000.0 * rate).min(capacity);
-                *last_ms = now;
+                // `now` may be older than the last update (read before another caller's): no refill then.
+                let elapsed = now.saturating_sub(*last_ms);
+                *tokens = (*tokens + elapsed as f64 / 1000.0 * rate).min(capacity);
+                *last_ms = (*last_ms).max(now);
                 let allowed = *tokens >= cost;
                 if allowed {
                     *tokens -= cost;
@@ -219,5 +230,38 @@ mod tests {
         let s = SharedState::default();
         assert_eq!(s.incr_window("w".into(), 1, 60_000).count, 1);
         assert_eq!(s.incr_window("w".into(), 2, 60_000).count, 3);
+    }
+
+    #[test]
+    fn a_bucket_that_never_refills_is_kept_until_full_again() {
+        let s = SharedState::default();
+        let never = || Bucket {
+            capacity: 1,
+            refill_per_sec: 0.0,
+        };
+        s.take_at(0, "once".into(), never(), 1);
+        // Enough keys for every shard to pass SWEEP_AT and sweep its idle entries.
+        for i in 0..2 * SWEEP_AT * SHARDS {
+            s.incr_window_at(0, i.to_string(), 1, 1);
+        }
+        let r = s.take_at(10, "once".into(), never(), 1);
+        assert!(!r.allowed, "an empty bucket that never refills is not idle");
+    }
+
+    #[test]
+    fn a_clock_read_before_the_last_update_neither_refills_nor_resets() {
+        let s = SharedState::default();
+        let b = || Bucket {
+            capacity: 1,
+            refill_per_sec: 1.0,
+        };
+        assert!(s.take_at(100, "b".into(), b(), 1).allowed);
+        let r = s.take_at(99, "b".into(), b(), 1);
+        assert!(!r.allowed, "no refill from a stale clock");
+        assert!(s.take_at(1100, "b".into(), b(), 1).allowed);
+
+        assert_eq!(s.incr_window_at(1000, "w".into(), 1, 1000).count, 1);
+        let w = s.incr_window_at(999, "w".into(), 1, 1000);
+        assert_eq!(w.count, 2, "the newer window is kept");
     }
 }
