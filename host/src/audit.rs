@@ -102,6 +102,10 @@ pub struct PolicyReport {
     pub max_header_bytes: usize,
     /// `max_reply_body`, bytes.
     pub max_reply_body: usize,
+    /// `max_state_entries`.
+    pub max_state_entries: usize,
+    /// `max_state_bytes`, bytes.
+    pub max_state_bytes: usize,
     /// `grants.env`: names (values are never shown).
     pub env: Vec<String>,
     /// `grants.stdio`.
@@ -279,6 +283,8 @@ fn policy_report(p: &Policy, isolation: Isolation) -> PolicyReport {
         max_headers: l.max_headers,
         max_header_bytes: l.max_header_bytes,
         max_reply_body: l.max_reply_body,
+        max_state_entries: l.max_state_entries,
+        max_state_bytes: l.max_state_bytes,
         env: p.grants.env_names.clone(),
         stdio: p.grants.stdio,
     }

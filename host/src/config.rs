@@ -475,6 +475,12 @@ pub struct Plugin {
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     /// `max_reply_body`: largest body of a plugin's own reply (default `"64KiB"`).
     pub max_reply_body: Option<Spanned<ByteSize>>,
+    /// `max_state_entries`: keys the plugin may hold in host state, all its
+    /// instances and routes together (default 10000).
+    pub max_state_entries: Option<Spanned<u32>>,
+    /// `max_state_bytes`: host state the plugin may hold, counted as each key's
+    /// length plus a fixed cost per entry (default `"1MiB"`, at least `"1KiB"`).
+    pub max_state_bytes: Option<Spanned<ByteSize>>,
     /// `grants`: capabilities beyond the inert default.
     #[serde(default)]
     pub grants: Grants,

@@ -85,6 +85,12 @@ fn plugin(out: &mut String, p: &PluginReport) {
             size(pol.max_header_bytes as u64),
             size(pol.max_reply_body as u64)
         );
+        let _ = writeln!(
+            out,
+            "             max_state_entries {}, max_state_bytes {}",
+            pol.max_state_entries,
+            size(pol.max_state_bytes as u64)
+        );
         let env = if pol.env.is_empty() {
             "none".to_string()
         } else {

@@ -1,5 +1,5 @@
 //! What one plugin may consume and reach: [`Limits`] (memory, CPU, wall time,
-//! host calls, handles, module size, what it may hand back) and [`Grants`]
+//! host calls, handles, module size, what it may hand back, host state) and [`Grants`]
 //! (capabilities beyond the inert default), resolved from `[plugins.NAME]`.
 
 use std::time::Duration;
@@ -22,6 +22,12 @@ pub const MAX_HEADER_VALUE: usize = 16 * 1024;
 pub const MAX_LOG_RECORDS: u32 = 100;
 /// Bytes of stdout/stderr kept per hook call when `stdio = "log"`; the rest is dropped.
 pub const MAX_STDIO_BYTES: usize = 16 * 1024;
+/// Bytes each host-state entry counts against `max_state_bytes` on top of its
+/// key's length: the entry itself (40 bytes) plus 64 for the key's header and
+/// the hash table's slot.
+pub const STATE_ENTRY_OVERHEAD: usize = 104;
+/// Smallest `max_state_bytes`: room for one entry with the longest key.
+pub const MIN_STATE_BYTES: usize = 1 << 10;
 
 /// Resource limits of one plugin; [`Limits::default`] holds the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +51,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// `max_reply_body`: largest body of a reply a plugin answers with.
     pub max_reply_body: usize,
+    /// `max_state_entries`: keys the plugin may hold in host state (`weir:plugin/state`),
+    /// all its instances and routes together.
+    pub max_state_entries: usize,
+    /// `max_state_bytes`: bytes of host state the plugin may hold: each key's
+    /// length plus [`STATE_ENTRY_OVERHEAD`] per entry.
+    pub max_state_bytes: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +71,8 @@ impl Default for Limits {
             max_headers: 256,
             max_header_bytes: 64 << 10,
             max_reply_body: 64 << 10,
+            max_state_entries: 10_000,
+            max_state_bytes: 1 << 20,
         }
     }
 }

@@ -6,7 +6,7 @@ use serde_spanned::Spanned;
 
 use super::Loader;
 use crate::config;
-use crate::plugin::limits::{MAX_MEMORY_CEILING, MIN_CPU_DEADLINE};
+use crate::plugin::limits::{MAX_MEMORY_CEILING, MIN_CPU_DEADLINE, MIN_STATE_BYTES};
 use crate::plugin::{FailPolicy, Grants, Limits, LoadError, Policy};
 
 /// `[plugins.NAME]` limits, grants and pin, checked and filled with defaults.
@@ -67,9 +67,28 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
     let max_host_calls = count(l, &p.max_host_calls, "max_host_calls", d.max_host_calls, 1);
     let max_handles = count(l, &p.max_handles, "max_handles", d.max_handles, 8);
     let max_headers = count(l, &p.max_headers, "max_headers", d.max_headers as u32, 1) as usize;
+    let max_state_entries = count(
+        l,
+        &p.max_state_entries,
+        "max_state_entries",
+        d.max_state_entries as u32,
+        1,
+    ) as usize;
     let size = |v: &Option<Spanned<config::ByteSize>>, default: usize| {
         v.as_ref().map_or(default, |v| v.get_ref().bytes())
     };
+    let max_state_bytes = size(&p.max_state_bytes, d.max_state_bytes);
+    if let Some(v) = &p.max_state_bytes
+        && max_state_bytes < MIN_STATE_BYTES
+    {
+        let min = config::ByteSize(MIN_STATE_BYTES as u64);
+        bad(
+            l,
+            v.span(),
+            format!("`max_state_bytes` {} is less than {min}", v.get_ref()),
+            &format!("use \"{min}\" or more"),
+        );
+    }
     let limits = Limits {
         max_memory,
         cpu_deadline,
@@ -83,6 +102,8 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         max_headers,
         max_header_bytes: size(&p.max_header_bytes, d.max_header_bytes),
         max_reply_body: size(&p.max_reply_body, d.max_reply_body),
+        max_state_entries,
+        max_state_bytes,
     };
 
     let sha256 = match &p.sha256 {
