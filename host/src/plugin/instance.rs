@@ -19,7 +19,7 @@ use super::bindings::{self, Action};
 use super::host::HostState;
 use super::host::http::{RequestState, ResponseState, reply_parts};
 use super::limits::{
-    HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy,
+    HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy, StateQuota,
 };
 use super::{LoadedPlugin, Runtime};
 use crate::config::{Fail, Isolation};
@@ -136,11 +136,14 @@ pub enum PluginErrorKind {
     /// The hook returned something the gateway refuses (bad status, huge reply...).
     #[error("invalid reply: {0}")]
     BadReply(String),
+    /// A new key would pass the plugin's host-state quota.
+    #[error("{0}")]
+    StateQuota(StateQuota),
 }
 
 impl PluginErrorKind {
     /// Every [`PluginErrorKind::reason`], in declaration order.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 10] = [
         "config",
         "instantiate",
         "trap",
@@ -150,6 +153,7 @@ impl PluginErrorKind {
         "host_call_limit",
         "transfer_limit",
         "bad_reply",
+        "state_quota",
     ];
 
     fn index(&self) -> usize {
@@ -163,6 +167,7 @@ impl PluginErrorKind {
             PluginErrorKind::HostCallLimit(_) => 6,
             PluginErrorKind::TransferLimit(_) => 7,
             PluginErrorKind::BadReply(_) => 8,
+            PluginErrorKind::StateQuota(_) => 9,
         }
     }
 
@@ -182,6 +187,9 @@ impl PluginErrorKind {
         }
         if let Some(h) = e.downcast_ref::<HostCallLimit>() {
             return Some(PluginErrorKind::HostCallLimit(h.0));
+        }
+        if let Some(q) = e.downcast_ref::<StateQuota>() {
+            return Some(PluginErrorKind::StateQuota(*q));
         }
         // wasmtime's error type for this is private; its message is stable.
         if e.chain().any(|c| {

@@ -130,6 +130,19 @@ pub struct Policy {
 #[error("made more than {0} host calls in one hook call (`max_host_calls`)")]
 pub(crate) struct HostCallLimit(pub u32);
 
+/// A new key in a plugin's host state would pass `max_state_entries` or
+/// `max_state_bytes`, even after its idle entries were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "host state is full: {entries} entries / {bytes} bytes (`max_state_entries` / `max_state_bytes`)"
+)]
+pub struct StateQuota {
+    /// `max_state_entries` in force.
+    pub entries: usize,
+    /// `max_state_bytes` in force.
+    pub bytes: usize,
+}
+
 /// Why the limiter stopped an instance.
 #[derive(Debug, thiserror::Error)]
 #[error("linear memory would grow to {desired} bytes, over the {limit}-byte `max_memory`")]

@@ -207,7 +207,7 @@ impl Metrics {
         let plugin_failures = Family::<PluginFailure, Counter>::default();
         r.register(
             "weir_plugin_failures",
-            "Plugin calls that failed, by kind (trap, timeout, memory, instantiate, bad_reply, config)",
+            "Plugin calls that failed, by kind (trap, timeout, memory, instantiate, bad_reply, config, state_quota)",
             plugin_failures.clone(),
         );
         let plugin_info = Family::<PluginInfo, Gauge>::default();
@@ -523,16 +523,19 @@ pub enum FailureKind {
     BadReply,
     /// A fresh instance rejected its config.
     Config,
+    /// A new key would pass the plugin's host-state quota.
+    StateQuota,
 }
 
 impl FailureKind {
-    const ALL: [FailureKind; 6] = [
+    const ALL: [FailureKind; 7] = [
         FailureKind::Trap,
         FailureKind::Timeout,
         FailureKind::Memory,
         FailureKind::Instantiate,
         FailureKind::BadReply,
         FailureKind::Config,
+        FailureKind::StateQuota,
     ];
 
     /// The `kind` label.
@@ -544,6 +547,7 @@ impl FailureKind {
             FailureKind::Instantiate => "instantiate",
             FailureKind::BadReply => "bad_reply",
             FailureKind::Config => "config",
+            FailureKind::StateQuota => "state_quota",
         }
     }
 
@@ -562,6 +566,7 @@ impl FailureKind {
             PluginErrorKind::TransferLimit(_) | PluginErrorKind::BadReply(_) => {
                 FailureKind::BadReply
             }
+            PluginErrorKind::StateQuota(_) => FailureKind::StateQuota,
         }
     }
 }
@@ -574,7 +579,7 @@ pub struct PluginMetrics {
     response_calls: Counter,
     request_duration: Histogram,
     response_duration: Histogram,
-    failures: [Counter; 6],
+    failures: [Counter; FailureKind::ALL.len()],
     short_circuits: Family<PluginStatus, Counter>,
     /// The plugin's own counters (`weir:plugin/metrics`).
     pub counters: Arc<PluginCounters>,
