@@ -106,6 +106,10 @@ pub struct PolicyReport {
     pub max_concurrency: Option<u32>,
     /// `max_log_rate`, bytes per second.
     pub max_log_rate: usize,
+    /// `max_state_entries`.
+    pub max_state_entries: usize,
+    /// `max_state_bytes`, bytes.
+    pub max_state_bytes: usize,
     /// `grants.env`: names (values are never shown).
     pub env: Vec<String>,
     /// `grants.stdio`.
@@ -285,6 +289,8 @@ fn policy_report(p: &Policy, isolation: Isolation) -> PolicyReport {
         max_reply_body: l.max_reply_body,
         max_concurrency: l.max_concurrency,
         max_log_rate: l.max_log_rate,
+        max_state_entries: l.max_state_entries,
+        max_state_bytes: l.max_state_bytes,
         env: p.grants.env_names.clone(),
         stdio: p.grants.stdio,
     }

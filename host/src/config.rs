@@ -470,6 +470,12 @@ pub struct Plugin {
     pub max_concurrency: Option<Spanned<u32>>,
     /// `max_log_rate`: log bytes per second, all instances together (default `"64KiB"`).
     pub max_log_rate: Option<Spanned<ByteSize>>,
+    /// `max_state_entries`: keys the plugin may hold in host state, all its
+    /// instances and routes together (default 10000).
+    pub max_state_entries: Option<Spanned<u32>>,
+    /// `max_state_bytes`: host state the plugin may hold, counted as each key's
+    /// length plus a fixed cost per entry (default `"1MiB"`, at least `"1KiB"`).
+    pub max_state_bytes: Option<Spanned<ByteSize>>,
     /// `grants`: capabilities beyond the inert default.
     #[serde(default)]
     pub grants: Grants,

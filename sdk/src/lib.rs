@@ -115,7 +115,10 @@ pub mod clock {
 }
 
 /// Shared state owned by the host: counters and token buckets that every
-/// instance of this plugin sees, updated atomically.
+/// instance of this plugin sees, updated atomically. The gateway bounds each
+/// plugin's state (`max_state_entries`, `max_state_bytes`): creating a key
+/// past that traps, so key by something bounded (a client, a tenant), not by
+/// each request.
 pub mod state {
     pub use crate::wit::weir::plugin::state::{Bucket, TakeResult, WindowCount, incr_window, take};
 }

@@ -19,6 +19,7 @@ mod plugins;
 mod proxying;
 mod routing;
 mod sandbox;
+mod state;
 mod support;
 mod tls;
 mod upstreams;

@@ -93,6 +93,12 @@ fn plugin(out: &mut String, p: &PluginReport) {
             "             max_concurrency {concurrency}, max_log_rate {}/s",
             size(pol.max_log_rate as u64)
         );
+        let _ = writeln!(
+            out,
+            "             max_state_entries {}, max_state_bytes {}",
+            pol.max_state_entries,
+            size(pol.max_state_bytes as u64)
+        );
         let env = if pol.env.is_empty() {
             "none".to_string()
         } else {

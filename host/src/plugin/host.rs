@@ -27,8 +27,10 @@ pub struct HostState {
     pub(crate) plugin: Arc<str>,
     /// The route this instance serves.
     pub(crate) route: Arc<str>,
-    /// State shared by every instance of every plugin (keys are namespaced per plugin).
-    pub(crate) shared: Arc<state::SharedState>,
+    /// This plugin's host state, shared by all its instances.
+    pub(crate) state: Arc<state::PluginStore>,
+    /// How much host state the plugin may hold.
+    pub(crate) state_quota: state::Quota,
     /// This plugin's own counters, in its gateway's registry.
     pub(crate) counters: Arc<PluginCounters>,
     /// Header limits for edits and replies.
@@ -96,9 +98,10 @@ impl HostState {
             limiter: StoreLimiter {
                 max_memory: limits.max_memory,
             },
+            state: shared.plugin(&plugin),
+            state_quota: limits.into(),
             plugin,
             route,
-            shared,
             counters,
             headers: http::HeaderLimits {
                 max_headers: limits.max_headers,

@@ -20,7 +20,7 @@ use super::guard::{Guard, default_concurrency};
 use super::host::HostState;
 use super::host::http::{RequestState, ResponseState, reply_parts};
 use super::limits::{
-    HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy,
+    HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy, StateQuota,
 };
 use super::{LoadedPlugin, Runtime};
 use crate::config::{Fail, Isolation};
@@ -141,11 +141,14 @@ pub enum PluginErrorKind {
     /// Not called: its breaker is open after hook calls in a row ran out of time.
     #[error("not called: its breaker is open for another {0:?} after repeated CPU-deadline hits")]
     CircuitOpen(Duration),
+    /// A new key would pass the plugin's host-state quota.
+    #[error("{0}")]
+    StateQuota(StateQuota),
 }
 
 impl PluginErrorKind {
     /// Every [`PluginErrorKind::reason`], in declaration order.
-    pub const REASONS: [&'static str; 10] = [
+    pub const REASONS: [&'static str; 11] = [
         "config",
         "instantiate",
         "trap",
@@ -156,6 +159,7 @@ impl PluginErrorKind {
         "transfer_limit",
         "bad_reply",
         "circuit_open",
+        "state_quota",
     ];
 
     fn index(&self) -> usize {
@@ -170,6 +174,7 @@ impl PluginErrorKind {
             PluginErrorKind::TransferLimit(_) => 7,
             PluginErrorKind::BadReply(_) => 8,
             PluginErrorKind::CircuitOpen(_) => 9,
+            PluginErrorKind::StateQuota(_) => 10,
         }
     }
 
@@ -189,6 +194,9 @@ impl PluginErrorKind {
         }
         if let Some(h) = e.downcast_ref::<HostCallLimit>() {
             return Some(PluginErrorKind::HostCallLimit(h.0));
+        }
+        if let Some(q) = e.downcast_ref::<StateQuota>() {
+            return Some(PluginErrorKind::StateQuota(*q));
         }
         // wasmtime's error type for this is private; its message is stable.
         if e.chain().any(|c| {

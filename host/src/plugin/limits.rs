@@ -1,5 +1,5 @@
 //! What one plugin may consume and reach: [`Limits`] (memory, CPU, wall time,
-//! host calls, handles, module size, what it may hand back) and [`Grants`]
+//! host calls, handles, module size, what it may hand back, host state) and [`Grants`]
 //! (capabilities beyond the inert default), resolved from `[plugins.NAME]`.
 
 use std::time::Duration;
@@ -22,6 +22,12 @@ pub const MAX_HEADER_VALUE: usize = 16 * 1024;
 pub const MAX_LOG_RECORDS: u32 = 100;
 /// Bytes of stdout/stderr kept per hook call when `stdio = "log"`; the rest is dropped.
 pub const MAX_STDIO_BYTES: usize = 16 * 1024;
+/// Bytes each host-state entry counts against `max_state_bytes` on top of its
+/// key's length: the entry itself (40 bytes) plus 64 for the key's header and
+/// the hash table's slot.
+pub const STATE_ENTRY_OVERHEAD: usize = 104;
+/// Smallest `max_state_bytes`: room for one entry with the longest key.
+pub const MIN_STATE_BYTES: usize = 1 << 10;
 
 /// Resource limits of one plugin; [`Limits::default`] holds the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +58,12 @@ pub struct Limits {
     /// plugin may emit, all instances and routes together (one second's worth
     /// of burst); the rest is dropped and counted.
     pub max_log_rate: usize,
+    /// `max_state_entries`: keys the plugin may hold in host state (`weir:plugin/state`),
+    /// all its instances and routes together.
+    pub max_state_entries: usize,
+    /// `max_state_bytes`: bytes of host state the plugin may hold: each key's
+    /// length plus [`STATE_ENTRY_OVERHEAD`] per entry.
+    pub max_state_bytes: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +80,8 @@ impl Default for Limits {
             max_reply_body: 64 << 10,
             max_concurrency: None,
             max_log_rate: 64 << 10,
+            max_state_entries: 10_000,
+            max_state_bytes: 1 << 20,
         }
     }
 }
@@ -124,6 +138,19 @@ pub struct Policy {
 #[derive(Debug, thiserror::Error)]
 #[error("made more than {0} host calls in one hook call (`max_host_calls`)")]
 pub(crate) struct HostCallLimit(pub u32);
+
+/// A new key in a plugin's host state would pass `max_state_entries` or
+/// `max_state_bytes`, even after its idle entries were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "host state is full: {entries} entries / {bytes} bytes (`max_state_entries` / `max_state_bytes`)"
+)]
+pub struct StateQuota {
+    /// `max_state_entries` in force.
+    pub entries: usize,
+    /// `max_state_bytes` in force.
+    pub bytes: usize,
+}
 
 /// Why the limiter stopped an instance.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use serde_spanned::Spanned;
 
 use super::Loader;
 use crate::config;
-use crate::plugin::limits::{MAX_MEMORY_CEILING, MIN_CPU_DEADLINE};
+use crate::plugin::limits::{MAX_MEMORY_CEILING, MIN_CPU_DEADLINE, MIN_STATE_BYTES};
 use crate::plugin::{FailPolicy, Grants, Limits, LoadError, Policy};
 
 /// `[plugins.NAME]` limits, grants and pin, checked and filled with defaults.
@@ -75,9 +75,28 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         .max_concurrency
         .as_ref()
         .map(|_| count(l, &p.max_concurrency, "max_concurrency", 1, 1));
+    let max_state_entries = count(
+        l,
+        &p.max_state_entries,
+        "max_state_entries",
+        d.max_state_entries as u32,
+        1,
+    ) as usize;
     let size = |v: &Option<Spanned<config::ByteSize>>, default: usize| {
         v.as_ref().map_or(default, |v| v.get_ref().bytes())
     };
+    let max_state_bytes = size(&p.max_state_bytes, d.max_state_bytes);
+    if let Some(v) = &p.max_state_bytes
+        && max_state_bytes < MIN_STATE_BYTES
+    {
+        let min = config::ByteSize(MIN_STATE_BYTES as u64);
+        bad(
+            l,
+            v.span(),
+            format!("`max_state_bytes` {} is less than {min}", v.get_ref()),
+            &format!("use \"{min}\" or more"),
+        );
+    }
     let limits = Limits {
         max_memory,
         cpu_deadline,
@@ -93,6 +112,8 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         max_reply_body: size(&p.max_reply_body, d.max_reply_body),
         max_concurrency,
         max_log_rate: size(&p.max_log_rate, d.max_log_rate),
+        max_state_entries,
+        max_state_bytes,
     };
 
     let sha256 = match &p.sha256 {

@@ -23,9 +23,11 @@
 //! | `counter-flood` | adds to a counter forever |
 //! | `log-flood` | emits 100 log records of 4000 bytes each per request (400 KiB), then stamps `logged` |
 //! | `edit-framing` | tries to set framing and hop-by-hop headers on the request and the response (and a 1xx status), stamps how many edits were refused |
+//! | `state-flood` | takes a token from `n` host-state buckets keyed `<x-flood header>/<i>` (one token, refilled in 1000 s), stamps how many gave one |
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use weir_sdk::state::{Bucket, take};
 use weir_sdk::{Action, Header, Plugin, Reply, Request, Response};
 
 #[derive(serde::Deserialize)]
@@ -34,6 +36,9 @@ struct Config {
     mode: String,
     #[serde(default)]
     var: String,
+    /// Buckets per request in `state-flood`.
+    #[serde(default)]
+    n: u32,
 }
 
 struct Hostile(Config, u32);
@@ -92,6 +97,10 @@ impl Plugin for Hostile {
         Ok(Hostile(config, 0))
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per hostile mode, listed in the module doc"
+    )]
     fn on_request(&mut self, req: &Request) -> Action {
         let stamp = |v: &str| {
             let _ = req.set_header("x-hostile", v);
@@ -184,6 +193,17 @@ impl Plugin for Hostile {
                     })
                     .count();
                 stamp(&format!("refused {refused} of {}", FRAMING.len()));
+            }
+            "state-flood" => {
+                let tag = req.header("x-flood").unwrap_or_default();
+                let bucket = Bucket {
+                    capacity: 1,
+                    refill_per_sec: 0.001,
+                };
+                let allowed = (0..self.0.n)
+                    .filter(|i| take(&format!("{tag}/{i}"), bucket, 1).allowed)
+                    .count();
+                stamp(&format!("allowed {allowed} of {}", self.0.n));
             }
             _ => stamp("ok"),
         }
