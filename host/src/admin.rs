@@ -299,15 +299,7 @@ fn plugins(snap: &Snapshot) -> Value {
                 "size": p.size,
                 "load_time_ms": millis(p.load_time),
                 "loaded_at": loaded_at,
-                "limits": snap.policies.get(&*p.name).map(|pol| json!({
-                    "max_memory_bytes": pol.limits.max_memory,
-                    "cpu_deadline_ms": pol.limits.cpu_deadline.as_millis() as u64,
-                    "call_timeout_ms": pol.limits.call_timeout.as_millis() as u64,
-                    "max_host_calls": pol.limits.max_host_calls,
-                    "max_module_bytes": pol.limits.max_module_bytes,
-                    "max_concurrency": pol.limits.max_concurrency,
-                    "max_log_rate": pol.limits.max_log_rate,
-                })),
+                "limits": snap.policies.get(&*p.name).map(|pol| &pol.limits),
                 "routes": routes,
             })
         })

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmparser::{KnownCustom, Parser, Payload};
 
 use crate::config::{Fail, Isolation, Stdio};
-use crate::plugin::{Capability, Policy, Runtime};
+use crate::plugin::{Capability, Limits, Policy, Runtime};
 
 /// The custom section the `weir_sdk::export!` macro puts its version in.
 pub const SDK_SECTION: &str = "weir-sdk";
@@ -84,32 +84,9 @@ pub struct PolicyReport {
     pub isolation: Isolation,
     /// `sha256` pin.
     pub sha256_pin: Option<String>,
-    /// `max_memory`, bytes.
-    pub max_memory: usize,
-    /// `cpu_deadline`, milliseconds.
-    pub cpu_deadline_ms: u128,
-    /// `call_timeout`, milliseconds.
-    pub call_timeout_ms: u128,
-    /// `max_host_calls`.
-    pub max_host_calls: u32,
-    /// `max_handles`.
-    pub max_handles: u32,
-    /// `max_module_bytes`.
-    pub max_module_bytes: usize,
-    /// `max_headers`.
-    pub max_headers: usize,
-    /// `max_header_bytes`.
-    pub max_header_bytes: usize,
-    /// `max_reply_body`, bytes.
-    pub max_reply_body: usize,
-    /// `max_concurrency`; absent: worker threads - 1.
-    pub max_concurrency: Option<u32>,
-    /// `max_log_rate`, bytes per second.
-    pub max_log_rate: usize,
-    /// `max_state_entries`.
-    pub max_state_entries: usize,
-    /// `max_state_bytes`, bytes.
-    pub max_state_bytes: usize,
+    /// The limits in force, as the runtime holds them.
+    #[serde(flatten)]
+    pub limits: Limits,
     /// `grants.env`: names (values are never shown).
     pub env: Vec<String>,
     /// `grants.stdio`.
@@ -274,23 +251,10 @@ fn report(
 }
 
 fn policy_report(p: &Policy, isolation: Isolation) -> PolicyReport {
-    let l = &p.limits;
     PolicyReport {
         isolation,
         sha256_pin: p.sha256.clone(),
-        max_memory: l.max_memory,
-        cpu_deadline_ms: l.cpu_deadline.as_millis(),
-        call_timeout_ms: l.call_timeout.as_millis(),
-        max_host_calls: l.max_host_calls,
-        max_handles: l.max_handles,
-        max_module_bytes: l.max_module_bytes,
-        max_headers: l.max_headers,
-        max_header_bytes: l.max_header_bytes,
-        max_reply_body: l.max_reply_body,
-        max_concurrency: l.max_concurrency,
-        max_log_rate: l.max_log_rate,
-        max_state_entries: l.max_state_entries,
-        max_state_bytes: l.max_state_bytes,
+        limits: p.limits.clone(),
         env: p.grants.env_names.clone(),
         stdio: p.grants.stdio,
     }

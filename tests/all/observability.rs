@@ -708,7 +708,8 @@ config = {{ keys = [{{ key = "k2", consumer = "bob" }}] }}
     assert_eq!(ka["size"], bytes.len() as u64);
     assert_eq!(ka["routes"], serde_json::json!(["one", "two"]));
     assert!(ka["load_time_ms"].as_f64().unwrap() > 0.0, "{ka}");
-    assert_eq!(ka["limits"]["max_memory_bytes"], 64 << 20, "{ka}");
+    assert_eq!(ka["limits"]["max_memory"], 64 << 20, "{ka}");
+    assert_eq!(ka["limits"]["cpu_deadline_ms"], 50, "{ka}");
     let unused = plugins
         .as_array()
         .unwrap()

@@ -71,33 +71,34 @@ fn plugin(out: &mut String, p: &PluginReport) {
         let _ = writeln!(
             out,
             "  limits     max_memory {}, cpu_deadline {}ms, call_timeout {}ms, max_host_calls {}, max_handles {}",
-            size(pol.max_memory as u64),
-            pol.cpu_deadline_ms,
-            pol.call_timeout_ms,
-            pol.max_host_calls,
-            pol.max_handles
+            size(pol.limits.max_memory as u64),
+            pol.limits.cpu_deadline.as_millis(),
+            pol.limits.call_timeout.as_millis(),
+            pol.limits.max_host_calls,
+            pol.limits.max_handles
         );
         let _ = writeln!(
             out,
             "             max_module_bytes {}, max_headers {}, max_header_bytes {}, max_reply_body {}",
-            size(pol.max_module_bytes as u64),
-            pol.max_headers,
-            size(pol.max_header_bytes as u64),
-            size(pol.max_reply_body as u64)
+            size(pol.limits.max_module_bytes as u64),
+            pol.limits.max_headers,
+            size(pol.limits.max_header_bytes as u64),
+            size(pol.limits.max_reply_body as u64)
         );
         let concurrency = pol
+            .limits
             .max_concurrency
             .map_or("worker threads - 1".to_string(), |n| n.to_string());
         let _ = writeln!(
             out,
             "             max_concurrency {concurrency}, max_log_rate {}/s",
-            size(pol.max_log_rate as u64)
+            size(pol.limits.max_log_rate as u64)
         );
         let _ = writeln!(
             out,
             "             max_state_entries {}, max_state_bytes {}",
-            pol.max_state_entries,
-            size(pol.max_state_bytes as u64)
+            pol.limits.max_state_entries,
+            size(pol.limits.max_state_bytes as u64)
         );
         let env = if pol.env.is_empty() {
             "none".to_string()

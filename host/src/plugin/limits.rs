@@ -29,15 +29,19 @@ pub const STATE_ENTRY_OVERHEAD: usize = 104;
 /// Smallest `max_state_bytes`: room for one entry with the longest key.
 pub const MIN_STATE_BYTES: usize = 1 << 10;
 
-/// Resource limits of one plugin; [`Limits::default`] holds the documented defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Resource limits of one plugin; [`Limits::default`] holds the documented
+/// defaults. `weir audit --json` and the admin `/plugins` serialise this
+/// struct as it is (durations in milliseconds), so they cannot disagree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     /// `max_memory`: bytes of linear memory an instance may grow to.
     pub max_memory: usize,
     /// `cpu_deadline`: time one hook call may spend running wasm, counted in epoch ticks.
+    #[serde(rename = "cpu_deadline_ms", serialize_with = "millis")]
     pub cpu_deadline: Duration,
     /// `call_timeout`: wall time one hook call may take, including instantiation
     /// (`isolation = "request"`) and waits in host calls (e.g. a WASI sleep).
+    #[serde(rename = "call_timeout_ms", serialize_with = "millis")]
     pub call_timeout: Duration,
     /// `max_host_calls`: calls into `weir:plugin` imports per hook call.
     pub max_host_calls: u32,
@@ -104,6 +108,10 @@ impl Limits {
     pub fn init_ticks(&self) -> u32 {
         ticks(self.cpu_deadline.max(MIN_INIT_DEADLINE))
     }
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_millis())
 }
 
 fn ticks(d: Duration) -> u32 {
