@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_spanned::Spanned;
 
+use crate::upstream::Settings;
+
 /// `[log] format` (defined beside the logger, which config may import).
 pub use crate::telemetry::logging::LogFormat;
 pub use diag::{ConfigError, Location};
@@ -397,23 +399,24 @@ impl Default for Passive {
     }
 }
 
+// Upstream defaults are the runtime's own (`upstream::Settings::default`), stated once.
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
+    Duration(Settings::default().connect_timeout)
 }
 fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
+    Duration(Settings::default().request_timeout)
 }
 fn default_upstream_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+    Duration(Settings::default().idle_timeout)
 }
 fn default_retries() -> u32 {
-    1
+    Settings::default().retries
 }
 fn default_retry_budget() -> f64 {
-    0.2
+    Settings::default().retry_budget
 }
 fn default_max_requests() -> usize {
-    1024
+    Settings::default().max_requests
 }
 fn default_health_interval() -> Duration {
     Duration::from_secs(5)
@@ -428,10 +431,10 @@ fn default_unhealthy_threshold() -> u32 {
     3
 }
 fn default_consecutive_failures() -> u32 {
-    5
+    Settings::default().passive.consecutive_failures
 }
 fn default_ejection() -> Duration {
-    Duration::from_secs(30)
+    Duration(Settings::default().passive.ejection)
 }
 
 /// `[plugins.NAME]`: where the component is, what it may use and how much.
