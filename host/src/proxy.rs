@@ -186,7 +186,9 @@ pub async fn serve_connection<I>(
             let snap = current.load_full();
             let busy = activity.begin();
             async move {
-                let resp = handler::handle(snap, req, info).await;
+                // Boxed: hyper keeps and moves the service future, and the request's
+                // whole state machine (context, chain, upstream call) is kilobytes.
+                let resp = Box::pin(handler::handle(snap, req, info)).await;
                 drop(busy);
                 Ok::<_, Infallible>(resp)
             }

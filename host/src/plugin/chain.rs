@@ -62,6 +62,11 @@ impl<'a> Chain<'a> {
         }
     }
 
+    /// Whether the route has no plugins (nothing to run, nothing to lease).
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
     /// Runs the request hooks in order. Returns the request as the upstream
     /// should get it, and the early answer if a plugin gave one.
     pub async fn request(

@@ -80,6 +80,21 @@ impl Guard {
         }
     }
 
+    /// A place to run a hook call without waiting: `None` when every place is
+    /// taken (then [`Guard::enter`] waits). The path every healthy call takes.
+    pub(crate) fn try_enter(&self) -> Option<Result<Pass<'_>, Open>> {
+        if let Some(retry_in) = self.cooling() {
+            return Some(Err(Open { retry_in }));
+        }
+        let permit = self.permits.try_acquire().ok()?;
+        Some(self.admit().map(|trial| Pass {
+            guard: self,
+            _permit: permit,
+            trial,
+            finished: false,
+        }))
+    }
+
     /// Waits for a place to run a hook call, or refuses while the breaker is open.
     pub(crate) async fn enter(&self) -> Result<Pass<'_>, Open> {
         // Refused before waiting: an open breaker costs a caller nothing.

@@ -16,7 +16,7 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{self, Action};
-use super::guard::{Guard, default_concurrency};
+use super::guard::{Guard, Pass, default_concurrency};
 use super::host::HostState;
 use super::host::http::{RequestState, ResponseState, reply_parts};
 use super::limits::{
@@ -227,6 +227,14 @@ impl PluginErrorKind {
     }
 }
 
+/// Whether a hook call ran out of CPU or wall time: a strike for the breaker.
+fn burned<T>(result: &Result<T, PluginErrorKind>) -> bool {
+    matches!(
+        result,
+        Err(PluginErrorKind::CpuDeadline(_) | PluginErrorKind::CallTimeout(_))
+    )
+}
+
 /// How one route uses one plugin: its config and the policies in force.
 #[derive(Debug, Clone)]
 pub struct PluginUse {
@@ -420,10 +428,15 @@ impl ChainPlugin {
         req: RequestState,
     ) -> Result<(RequestState, Outcome), PluginError> {
         let timeout = self.policy.limits.call_timeout;
-        tokio::time::timeout(timeout, self.guarded(self.request_hook(lease, req)))
+        let pass = self
+            .enter(timeout)
             .await
-            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
-            .map_err(|kind| self.failed("on-request", kind))
+            .map_err(|kind| self.failed("on-request", kind))?;
+        let result = tokio::time::timeout(timeout, self.request_hook(lease, req))
+            .await
+            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)));
+        pass.done(burned(&result));
+        result.map_err(|kind| self.failed("on-request", kind))
     }
 
     async fn request_hook(
@@ -480,10 +493,15 @@ impl ChainPlugin {
         resp: ResponseState,
     ) -> Result<(RequestState, ResponseState), PluginError> {
         let timeout = self.policy.limits.call_timeout;
-        tokio::time::timeout(timeout, self.guarded(self.response_hook(lease, req, resp)))
+        let pass = self
+            .enter(timeout)
             .await
-            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
-            .map_err(|kind| self.failed("on-response", kind))
+            .map_err(|kind| self.failed("on-response", kind))?;
+        let result = tokio::time::timeout(timeout, self.response_hook(lease, req, resp))
+            .await
+            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)));
+        pass.done(burned(&result));
+        result.map_err(|kind| self.failed("on-response", kind))
     }
 
     async fn response_hook(
@@ -521,19 +539,16 @@ impl ChainPlugin {
         Ok(back)
     }
 
-    /// Runs a hook call under the plugin's concurrency cap and breaker.
-    async fn guarded<T>(
-        &self,
-        call: impl Future<Output = Result<T, PluginErrorKind>>,
-    ) -> Result<T, PluginErrorKind> {
-        let pass = self
-            .guard
-            .enter()
-            .await
-            .map_err(|open| PluginErrorKind::CircuitOpen(open.retry_in))?;
-        let result = call.await;
-        pass.done(matches!(result, Err(PluginErrorKind::CpuDeadline(_))));
-        result
+    /// A place for one hook call under the plugin's concurrency cap and
+    /// breaker; waiting for it counts against `call_timeout`.
+    async fn enter(&self, timeout: Duration) -> Result<Pass<'_>, PluginErrorKind> {
+        let entered = match self.guard.try_enter() {
+            Some(entered) => entered,
+            None => tokio::time::timeout(timeout, self.guard.enter())
+                .await
+                .map_err(|_| PluginErrorKind::CallTimeout(timeout))?,
+        };
+        entered.map_err(|open| PluginErrorKind::CircuitOpen(open.retry_in))
     }
 
     /// Whether this plugin's breaker is open on this route.

@@ -186,7 +186,12 @@ impl RequestCtx {
         chain: &mut Chain<'_>,
         state: RequestState,
     ) -> Result<(RequestState, Option<Early>), GatewayError> {
-        let result = chain.request(state).await;
+        if chain.is_empty() {
+            return Ok((state, None));
+        }
+        // Boxed: the hook futures are kilobytes, and routes without plugins
+        // should not carry (and move) them in every request's future.
+        let result = Box::pin(chain.request(state)).await;
         self.access.plugin_time = chain.plugin_time;
         if let Some(name) = &chain.answered_by {
             self.access.answered_by = Some(name.clone());
@@ -248,9 +253,15 @@ impl RequestCtx {
             body,
             framing,
         } = answer;
-        let result = chain
-            .response(state, ResponseState { status, headers })
-            .await;
+        if chain.is_empty() {
+            return Ok(Answer {
+                status,
+                headers,
+                body,
+                framing,
+            });
+        }
+        let result = Box::pin(chain.response(state, ResponseState { status, headers })).await;
         self.access.plugin_time = chain.plugin_time;
         let (_, resp) = result.map_err(plugin_failed)?;
         Ok(Answer {
@@ -398,7 +409,7 @@ impl RequestCtx {
 
     /// Phase 7, **finish**: connection handling after an unread body, the
     /// request id on the answer, route metrics and the access record.
-    fn finish(self, mut resp: Response<Body>) -> Response<Body> {
+    fn finish(&self, mut resp: Response<Body>) -> Response<Body> {
         if self.http1 && self.body_unread {
             // Answered without reading the body (a plugin's 401, an error): close
             // rather than let its bytes be read as the next request.
