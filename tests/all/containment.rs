@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::StatusCode;
 
-use crate::support::{TestGateway, Upstream, get_url, logs, plugin};
+use crate::support::{TestGateway, Upstream, failures, get_url, logs, plugin};
 
 /// `/bad` runs the hostile plugin in `mode` (fail closed), `/healthy` the well-behaved `order`.
 fn manifest(up: &Upstream, id: &str, mode: &str, keys: &str) -> String {
@@ -59,17 +59,6 @@ async fn metric(gw: &TestGateway, name: &str, labels: &[&str]) -> f64 {
         panic!("{} samples of {name}{labels:?}: {found:?}", found.len());
     };
     line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-fn failures(gw: &TestGateway, route: &str, reason: &str) -> u64 {
-    let snap = gw.gateway.snapshot();
-    let route = snap.routes.iter().find(|r| &*r.id == route).unwrap();
-    route.chain[0]
-        .failures_by_reason()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
 }
 
 /// Eight clients hammer a plugin that loops: three calls spend the CPU

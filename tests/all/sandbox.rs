@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::support::{Resp, TestGateway, Upstream, get_url, logs, plugin};
+use crate::support::{Resp, TestGateway, Upstream, failures, get_url, logs, plugin};
 
 /// Loose upper bound for a contained failure to be answered (deadlines are
 /// 100 ms to 1 s): generous so that a loaded machine does not make it flaky.
@@ -129,17 +129,6 @@ fn failure_counts(gw: &TestGateway, route: &str) -> Vec<(&'static str, u64)> {
     let snap = gw.gateway.snapshot();
     let route = snap.routes.iter().find(|r| &*r.id == route).unwrap();
     route.chain[0].failures_by_reason()
-}
-
-fn failures(gw: &TestGateway, route: &str, reason: &str) -> u64 {
-    let snap = gw.gateway.snapshot();
-    let route = snap.routes.iter().find(|r| &*r.id == route).unwrap();
-    route.chain[0]
-        .failures_by_reason()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
 }
 
 /// The whole contract for a plugin that fails in its request hook: the

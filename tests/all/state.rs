@@ -3,7 +3,7 @@
 //! requests a 503 with reason `state_quota`, keeps the keys it has, and
 //! leaves other plugins' state alone.
 
-use crate::support::{TestGateway, Upstream, get_url, logs, plugin};
+use crate::support::{TestGateway, Upstream, failures, get_url, logs, plugin};
 
 /// `/flood` and `/flood-too` run the hostile plugin as `flood` (five fresh
 /// buckets per request, keyed by `x-flood`) under a 20-entry quota;
@@ -51,17 +51,6 @@ config = {{ rate = 100, per = "1h", key = "header:x-tenant" }}
         rate_limit = plugin("rate_limit"),
         up = up.url(),
     )
-}
-
-fn failures(gw: &TestGateway, route: &str, reason: &str) -> u64 {
-    let snap = gw.gateway.snapshot();
-    let route = snap.routes.iter().find(|r| &*r.id == route).unwrap();
-    route.chain[0]
-        .failures_by_reason()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -726,3 +726,15 @@ impl TlsUpstream {
             .expect("the TLS upstream received no request")
     }
 }
+
+/// Failures of the first plugin on `route` with `reason`, as the runtime counted them.
+pub fn failures(gw: &TestGateway, route: &str, reason: &str) -> u64 {
+    let snap = gw.gateway.snapshot();
+    let route = snap.routes.iter().find(|r| &*r.id == route).unwrap();
+    route.chain[0]
+        .failures_by_reason()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
+}
