@@ -35,6 +35,7 @@ fn request() -> RequestState {
     RequestState {
         method: Method::GET,
         path: "/api/items".into(),
+        raw_path: "/api/items".into(),
         query: Some("page=2".into()),
         authority: Some("api.example.com".into()),
         headers,
@@ -142,7 +143,7 @@ criterion_main!(plugin);
 /// One request hook on its own lease, returned after.
 async fn hook(p: &ChainPlugin) -> Outcome {
     let mut lease = Lease::default();
-    let (_, outcome) = p.on_request(&mut lease, request()).await.unwrap();
+    let (_, outcome) = p.on_request(&mut lease, Box::new(request())).await.unwrap();
     p.release(lease);
     outcome
 }

@@ -223,7 +223,11 @@ fn report(
         .map(|(capability, names)| ImportGroup {
             capability,
             allowed: capability.allowed(),
-            effect: capability.effect(&policy.grants),
+            effect: if capability == Capability::Weir {
+                Capability::weir_effect(&names)
+            } else {
+                capability.effect(&policy.grants)
+            },
             names,
         })
         .collect();

@@ -40,6 +40,11 @@ pub use limits::{Grants, Limits, Policy};
 use host::HostState;
 use host::state::SharedState;
 
+/// The WIT package this gateway speaks; plugins must be built against it.
+pub const WIT_PACKAGE: &str = "weir:plugin@0.2.0";
+/// The export that makes a component a filter for [`WIT_PACKAGE`].
+const FILTER_EXPORT: &str = "weir:plugin/filter@0.2.0";
+
 /// How often the epoch ticks; CPU deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Size of a WebAssembly page, the unit of declared memory sizes.
@@ -179,6 +184,7 @@ impl Runtime {
             .and_then(|r| r.max_initial_memory_size)
             .map(|pages| pages.saturating_mul(WASM_PAGE));
         // Named refusals first: the linker's own error would be vaguer.
+        check_version(&exports)?;
         admit(&imports, min_memory, policy)?;
         let pre = self
             .linker
@@ -220,6 +226,24 @@ fn check_file(size: usize, sha256: &str, policy: &Policy) -> Result<(), LoadErro
         });
     }
     Ok(())
+}
+
+/// A filter built for another version of the WIT package is named as such,
+/// not left to a link error about one of its imports.
+fn check_version(exports: &[String]) -> Result<(), LoadError> {
+    if exports.iter().any(|e| e == FILTER_EXPORT) {
+        return Ok(());
+    }
+    match exports
+        .iter()
+        .find_map(|e| e.strip_prefix("weir:plugin/filter@"))
+    {
+        Some(found) => Err(LoadError::WitVersion {
+            found: format!("weir:plugin@{found}"),
+        }),
+        // Not a filter at all: the world check says so.
+        None => Ok(()),
+    }
 }
 
 /// Every import must be allowed, and the declared initial memory must fit `max_memory`.
@@ -342,6 +366,15 @@ pub enum LoadError {
     #[error("imports something the gateway does not provide: {0}")]
     Link(String),
     /// It does not export the `weir:plugin/filter` interface.
-    #[error("does not implement the weir:plugin@0.1.0 `plugin` world: {0}")]
+    #[error("does not implement the weir:plugin@0.2.0 `plugin` world: {0}")]
     World(String),
+    /// It was built against another version of the WIT package.
+    #[error(
+        "built for {found}, but this gateway speaks weir:plugin@0.2.0: rebuild it against weir-sdk 0.2 \
+         (`cargo update -p weir-sdk`, then `cargo build --target wasm32-wasip2 --release`)"
+    )]
+    WitVersion {
+        /// The package version it targets, e.g. `weir:plugin@0.1.0`.
+        found: String,
+    },
 }

@@ -81,7 +81,7 @@ fn audit_reports_every_plugin_of_a_manifest_with_its_routes_as_json() {
         .collect();
     assert_eq!(names, ["headers", "jwt-auth", "key-auth", "rate-limit"]);
     let key_auth = &plugins[2];
-    assert_eq!(key_auth["world"], "weir:plugin/plugin@0.1.0");
+    assert_eq!(key_auth["world"], "weir:plugin/plugin@0.2.0");
     assert_eq!(key_auth["policy"]["max_memory"], 64 << 20);
     assert_eq!(key_auth["policy"]["isolation"], "pooled");
     assert_eq!(key_auth["routes"][0]["route"], "keyed");
@@ -103,7 +103,7 @@ fn audit_of_a_plugin_file_prints_its_digest_and_verdict() {
     );
     assert!(stdout.contains("  verdict    loads\n"), "{stdout}");
     assert!(
-        stdout.contains("  world      weir:plugin/plugin@0.1.0\n"),
+        stdout.contains("  world      weir:plugin/plugin@0.2.0\n"),
         "{stdout}"
     );
 }

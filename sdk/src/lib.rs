@@ -8,7 +8,7 @@
 //!    `serde` (with the `derive` feature).
 //! 2. Implement [`Plugin`] for a type: its `Config` is the route's TOML table,
 //!    decoded with serde when the plugin is loaded; every hook has a no-op
-//!    default.
+//!    default, and [`Plugin::hooks`] tells the gateway which ones to call.
 //! 3. Call [`export!`] with the type.
 //! 4. `cargo build --target wasm32-wasip2 --release` and list the
 //!    `.wasm` in the gateway's manifest.
@@ -48,6 +48,13 @@
 //! Host services are in [`log`], [`clock`], [`state`] (shared counters and
 //! token buckets, atomic across every instance of the plugin) and
 //! [`metrics`] (counters in the gateway's Prometheus metrics).
+//!
+//! This SDK speaks `weir:plugin@0.2.0`. Each kind of access is its own WIT
+//! interface (`edit-request`, `rewrite`, `vars`, `edit-response`, `state`...),
+//! and a built plugin imports only those its code calls: `weir audit` shows
+//! them as what the plugin may do. Every call into the gateway crosses the
+//! sandbox boundary, so read a header once and keep it, and prefer
+//! [`Request::set_headers`] / [`Request::set_vars`] for several edits.
 #![deny(missing_docs)]
 
 extern crate self as weir_sdk;
@@ -69,7 +76,80 @@ pub mod wit {
     });
 }
 
+pub use wit::exports::weir::plugin::filter::Hooks;
 pub use wit::weir::plugin::http::{Action, EditError, Header, Reply, Request, Response};
+
+// Each kind of change is its own WIT interface, so a plugin imports (and
+// `weir audit` shows) only what its code calls: a method never called here
+// is dropped at link time, and its interface with it.
+impl Request {
+    /// Replaces every value of a header with one value.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        wit::weir::plugin::edit_request::set_header(self, name, value)
+    }
+    /// Sets several headers in one call to the gateway (cheaper than one
+    /// [`Request::set_header`] each). Stops at the first refused one and says
+    /// which (its index); those before it are set.
+    pub fn set_headers(&self, headers: &[Header]) -> Result<(), (u32, EditError)> {
+        wit::weir::plugin::edit_request::set_headers(self, headers)
+    }
+    /// Adds a value to a header, keeping the others.
+    pub fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        wit::weir::plugin::edit_request::append_header(self, name, value)
+    }
+    /// Removes a header; returns whether it was present.
+    pub fn remove_header(&self, name: &str) -> Result<bool, EditError> {
+        wit::weir::plugin::edit_request::remove_header(self, name)
+    }
+    /// Rewrites the path sent upstream (must start with `/`; normalised like
+    /// incoming paths; routing is not redone).
+    pub fn set_path(&self, path: &str) -> Result<(), EditError> {
+        wit::weir::plugin::rewrite::set_path(self, path)
+    }
+    /// Replaces the query string (`None` removes it).
+    pub fn set_query(&self, query: Option<&str>) -> Result<(), EditError> {
+        wit::weir::plugin::rewrite::set_query(self, query)
+    }
+    /// Sets a per-request variable visible to later filters and to response
+    /// hooks (e.g. `consumer` from an auth filter). Variables never leave the gateway.
+    pub fn set_var(&self, name: &str, value: &str) -> Result<(), EditError> {
+        wit::weir::plugin::vars::set_var(self, name, value)
+    }
+    /// Sets several variables in one call to the gateway. Stops at the first
+    /// refused one and says which (its index); those before it are set.
+    pub fn set_vars(&self, vars: &[(&str, &str)]) -> Result<(), (u32, EditError)> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        wit::weir::plugin::vars::set_vars(self, &vars)
+    }
+}
+
+impl Response {
+    /// Changes the status code (200..=599).
+    pub fn set_status(&self, status: u16) -> Result<(), EditError> {
+        wit::weir::plugin::edit_response::set_status(self, status)
+    }
+    /// Replaces every value of a header with one value.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        wit::weir::plugin::edit_response::set_header(self, name, value)
+    }
+    /// Sets several headers in one call to the gateway (cheaper than one
+    /// [`Response::set_header`] each). Stops at the first refused one and says
+    /// which (its index); those before it are set.
+    pub fn set_headers(&self, headers: &[Header]) -> Result<(), (u32, EditError)> {
+        wit::weir::plugin::edit_response::set_headers(self, headers)
+    }
+    /// Adds a value to a header, keeping the others.
+    pub fn append_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        wit::weir::plugin::edit_response::append_header(self, name, value)
+    }
+    /// Removes a header; returns whether it was present.
+    pub fn remove_header(&self, name: &str) -> Result<bool, EditError> {
+        wit::weir::plugin::edit_response::remove_header(self, name)
+    }
+}
 
 /// Logging into the gateway's log; records carry the plugin and route.
 pub mod log {
@@ -147,7 +227,10 @@ pub mod metrics {
 ///
 /// One value of the type lives in each sandboxed instance and, unless the
 /// route sets `isolation = "request"`, serves many requests one at a time.
-/// Keep state that all instances must agree on in [`state`].
+/// A request's `on_request` and `on_response` run on the same instance with
+/// no other request in between, so `self` may carry what `on_request` found
+/// to `on_response` (set it afresh in every `on_request`). Keep state that
+/// all instances must agree on in [`state`].
 pub trait Plugin: Sized + 'static {
     /// The per-route config, decoded from the manifest's TOML table.
     type Config: serde::de::DeserializeOwned;
@@ -156,6 +239,14 @@ pub trait Plugin: Sized + 'static {
     /// route. Returning `Err` rejects the config: `weir check` and startup
     /// fail with this message, naming the route and plugin.
     fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// The hooks the gateway calls on this route, asked once after
+    /// [`Plugin::new`]. The default is both; a filter with nothing to do on
+    /// responses (with this config) returns [`Hooks::ON_REQUEST`], and the
+    /// gateway then skips that hook call on every request.
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST | Hooks::ON_RESPONSE
+    }
 
     /// Runs for each request, in the route's plugin order. The default
     /// lets the request through.
@@ -301,11 +392,12 @@ pub mod __private {
     pub struct Adapter<P>(std::marker::PhantomData<P>);
 
     impl<P: Plugin> Guest for Adapter<P> {
-        fn init(config: String) -> Result<(), String> {
+        fn init(config: String) -> Result<Hooks, String> {
             let config: P::Config = decode_config(&config)?;
             let filter = P::new(config)?;
+            let hooks = filter.hooks();
             FILTER.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
-            Ok(())
+            Ok(hooks)
         }
         fn on_request(req: &Request) -> Action {
             with_filter::<P, _>(|f| f.on_request(req))

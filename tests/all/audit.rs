@@ -34,8 +34,8 @@ async fn a_plugin_is_reported_with_hash_world_capabilities_exports_and_producers
         .collect();
     assert_eq!(p["sha256"], sha);
     assert_eq!(p["size"], bytes.len());
-    assert_eq!(p["world"], "weir:plugin/plugin@0.1.0");
-    assert_eq!(p["exports"], json!(["weir:plugin/filter@0.1.0"]));
+    assert_eq!(p["world"], "weir:plugin/plugin@0.2.0");
+    assert_eq!(p["exports"], json!(["weir:plugin/filter@0.2.0"]));
     assert_eq!(
         p["sdk"],
         env!("CARGO_PKG_VERSION"),
@@ -58,7 +58,7 @@ async fn a_plugin_is_reported_with_hash_world_capabilities_exports_and_producers
         weir["names"]
             .as_array()
             .unwrap()
-            .contains(&json!("weir:plugin/http@0.1.0"))
+            .contains(&json!("weir:plugin/http@0.2.0"))
     );
     let fs = group(p, "filesystem").expect("it reads a file, so it imports wasi:filesystem");
     assert_eq!(fs["allowed"], true);
@@ -68,6 +68,69 @@ async fn a_plugin_is_reported_with_hash_world_capabilities_exports_and_producers
     assert!(group(p, "network").is_none());
     assert!(p["initial_memory"].as_u64().unwrap() > 0);
     assert_eq!(p["policy"], Value::Null, "no manifest, no policy");
+}
+
+#[tokio::test]
+async fn what_a_plugin_may_do_shows_in_its_weir_imports() {
+    let json = audit_json(&plugin("key_auth")).await;
+    let weir = group(&json["plugins"][0], "weir").expect("weir imports");
+    let names = weir["names"].as_array().unwrap();
+    // key-auth reads the request, strips the key, names the consumer: no response edits, no state.
+    for absent in ["edit-response", "state"] {
+        assert!(
+            !names.contains(&json!(format!("weir:plugin/{absent}@0.2.0"))),
+            "{absent} in {names:?}"
+        );
+    }
+    let effect = weir["effect"].as_str().unwrap();
+    assert!(effect.contains("reads requests and responses"), "{effect}");
+    assert!(effect.contains("sets request variables"), "{effect}");
+    assert!(!effect.contains("edits response"), "{effect}");
+
+    let json = audit_json(&plugin("headers")).await;
+    let weir = group(&json["plugins"][0], "weir").unwrap();
+    let effect = weir["effect"].as_str().unwrap();
+    assert!(effect.contains("edits request headers"), "{effect}");
+    assert!(
+        effect.contains("edits response status and headers"),
+        "{effect}"
+    );
+    assert!(!effect.contains("shared counters"), "{effect}");
+}
+
+#[tokio::test]
+async fn a_plugin_built_for_wit_0_1_is_refused_with_how_to_rebuild() {
+    let old = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/plugins/key_auth-wit-0.1.0.wasm"
+    );
+    let json = audit_json(old).await;
+    let p = &json["plugins"][0];
+    assert_eq!(p["world"], "weir:plugin/plugin@0.1.0");
+    assert_eq!(p["admitted"], false);
+    let refusal = p["refusal"].as_str().unwrap();
+    assert!(
+        refusal.contains("built for weir:plugin@0.1.0")
+            && refusal.contains("speaks weir:plugin@0.2.0")
+            && refusal.contains("rebuild it against weir-sdk 0.2"),
+        "{refusal}"
+    );
+
+    // The gateway refuses it the same way, naming the manifest line.
+    let dir = std::env::temp_dir().join(format!("weir-old-wit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("gateway.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[plugins.old]\npath = \"{old}\"\n\n[[routes]]\nid = \"r\"\nprefix = \"/\"\nupstream = \"builtin:echo\"\n[[routes.plugins]]\nname = \"old\"\n"
+        ),
+    )
+    .unwrap();
+    let err = weir::check(&manifest).await.unwrap_err().to_string();
+    assert!(err.contains("gateway.toml:2:"), "{err}");
+    assert!(err.contains("built for weir:plugin@0.1.0"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]

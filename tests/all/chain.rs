@@ -32,6 +32,45 @@ async fn request_hooks_run_in_order_and_response_hooks_in_reverse() {
 }
 
 #[tokio::test]
+async fn a_hook_a_plugin_did_not_ask_for_is_never_called() {
+    let up = Upstream::start("u").await;
+    let manifest = format!(
+        "[plugins.order]\npath = \"{}\"\n\n[[routes]]\nid = \"chain\"\nprefix = \"/\"\nupstream = \"{}\"\n\
+         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"req-only\", hooks = \"request\" }}\n\
+         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"resp-only\", hooks = \"response\" }}\n\
+         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"both\" }}\n",
+        plugin("test_order"),
+        up.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    let r = gw.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header_all("x-order"), ["req-only", "both"]);
+    // The response-only plugin was reached, so its response hook runs.
+    assert_eq!(r.header_all("x-resp-order"), ["both", "resp-only"]);
+}
+
+#[tokio::test]
+async fn a_plugin_reads_the_path_as_the_client_sent_it() {
+    let up = Upstream::start("u").await;
+    let manifest = format!(
+        "[plugins.order]\npath = \"{}\"\n\n[[routes]]\nid = \"raw\"\nprefix = \"/\"\nupstream = \"{}\"\n\
+         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"a\", raw_path = true }}\n",
+        plugin("test_order"),
+        up.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    let r = gw.get("/a/./b//c/%7Ex?q=1").await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.uri, "/a/b/c/~x?q=1",
+        "routing and the upstream see the normalised path"
+    );
+    assert_eq!(seen.header("x-raw-path"), Some("/a/./b//c/%7Ex"));
+}
+
+#[tokio::test]
 async fn short_circuit_skips_later_plugins_and_the_upstream() {
     let up = Upstream::start("u").await;
     let gw = TestGateway::start(&order_chain(&up.url(), Some(("b", 418)))).await;

@@ -9,6 +9,8 @@
 //!   runs it N times inside `measured_calls`. Under
 //!   `valgrind --tool=callgrind --toggle-collect='*measured_calls*'` the
 //!   instruction count divided by N is the cost of one chain run.
+//! - `bench-chain calls-fresh PLUGIN_DIR N`: the same with
+//!   `isolation = "request"` (three instantiations and `init`s per run).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +40,7 @@ fn request() -> RequestState {
     RequestState {
         method: Method::GET,
         path: "/".into(),
+        raw_path: "/".into(),
         query: None,
         authority: Some("127.0.0.1:8000".into()),
         headers,
@@ -178,11 +181,11 @@ fn micro(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn calls(dir: &Path, n: u64) -> anyhow::Result<()> {
+fn calls(dir: &Path, n: u64, isolation: Isolation) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let chain = rt.block_on(chain(dir, Isolation::Pooled))?;
+    let chain = rt.block_on(chain(dir, isolation))?;
     measured_calls(&rt, &chain, 0);
     for _ in 0..20 {
         rt.block_on(run_chain(&chain));
@@ -201,18 +204,26 @@ fn main() -> anyhow::Result<()> {
     let dir = args.get(1).map(PathBuf::from);
     match (args.first().map(String::as_str), dir) {
         (Some("micro"), Some(dir)) => micro(&dir),
-        (Some("calls"), Some(dir)) => calls(
+        (Some(mode @ ("calls" | "calls-fresh")), Some(dir)) => calls(
             &dir,
             args.get(2).map(|n| n.parse()).transpose()?.unwrap_or(1000),
+            if mode == "calls" {
+                Isolation::Pooled
+            } else {
+                Isolation::Request
+            },
         ),
-        _ => bail!("usage: bench-chain micro PLUGIN_DIR | calls PLUGIN_DIR [N]"),
+        _ => bail!("usage: bench-chain micro PLUGIN_DIR | calls[-fresh] PLUGIN_DIR [N]"),
     }
 }
 
 /// One request hook on its own lease, returned after.
 async fn hook(p: &ChainPlugin) -> Outcome {
     let mut lease = Lease::default();
-    let (_, outcome) = p.on_request(&mut lease, request()).await.expect("chain");
+    let (_, outcome) = p
+        .on_request(&mut lease, Box::new(request()))
+        .await
+        .expect("chain");
     p.release(lease);
     outcome
 }

@@ -15,4 +15,5 @@ wasmtime::component::bindgen!({
 });
 
 // `self::`: rustdoc also passes `--extern weir`, which would make `weir` ambiguous.
+pub use self::exports::weir::plugin::filter::Hooks;
 pub use self::weir::plugin::http::{Action, Reply};

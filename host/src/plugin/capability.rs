@@ -89,11 +89,33 @@ impl Capability {
         !matches!(self, Capability::Network | Capability::Other)
     }
 
+    /// What a plugin may do through the gateway API, from the `weir:plugin`
+    /// interfaces it imports (each interface is one kind of access).
+    pub fn weir_effect(imports: &[String]) -> String {
+        let does: Vec<&str> = imports
+            .iter()
+            .filter_map(|i| i.strip_prefix("weir:plugin/"))
+            .map(|i| match i.split('@').next().unwrap_or(i) {
+                "http" => "reads requests and responses",
+                "edit-request" => "edits request headers",
+                "rewrite" => "rewrites the path and query",
+                "vars" => "sets request variables",
+                "edit-response" => "edits response status and headers",
+                "state" => "shared counters and token buckets",
+                "log" => "logs",
+                "clock" => "reads the time",
+                "metrics" => "custom counters",
+                _ => "an interface this gateway does not know",
+            })
+            .collect();
+        does.join("; ")
+    }
+
     /// What a plugin actually gets, given its grants.
     pub fn effect(self, grants: &super::Grants) -> String {
         use crate::config::Stdio as S;
         match self {
-            Capability::Weir => "gateway API (http, log, clock, state)".into(),
+            Capability::Weir => "the gateway API (see `weir_effect`)".into(),
             Capability::Environment if grants.env_names.is_empty() => {
                 "empty environment, no arguments".into()
             }
@@ -119,7 +141,14 @@ mod tests {
 
     #[test]
     fn imports_sort_into_capabilities() {
-        assert_eq!(Capability::of("weir:plugin/http@0.1.0"), Capability::Weir);
+        assert_eq!(Capability::of("weir:plugin/http@0.2.0"), Capability::Weir);
+        assert_eq!(
+            Capability::weir_effect(&[
+                "weir:plugin/http@0.2.0".into(),
+                "weir:plugin/vars@0.2.0".into()
+            ]),
+            "reads requests and responses; sets request variables"
+        );
         assert_eq!(Capability::of("wasi:cli/stdout@0.2.6"), Capability::Stdio);
         assert_eq!(
             Capability::of("wasi:cli/terminal-stdout@0.2.0"),

@@ -39,7 +39,8 @@ pub struct Failed {
 ///   `isolation = "request"`, or at once after a failure;
 /// - a fail-open plugin that fails is skipped with its edits undone;
 /// - a `respond` skips the rest of the request hooks (and the upstream);
-/// - response hooks run for the plugins whose request hook ran, in reverse.
+/// - response hooks run for the plugins the request reached, in reverse;
+/// - a hook a plugin did not ask for in `init` is never called.
 pub struct Chain<'a> {
     plugins: &'a [ChainPlugin],
     leases: Vec<Lease>,
@@ -71,13 +72,20 @@ impl<'a> Chain<'a> {
     /// should get it, and the early answer if a plugin gave one.
     pub async fn request(
         &mut self,
-        mut state: RequestState,
+        state: RequestState,
     ) -> Result<(RequestState, Option<Early>), Failed> {
         if self.plugins.is_empty() {
             return Ok((state, None));
         }
+        // Boxed once: it moves in and out of every hook call.
+        let mut state = Box::new(state);
         self.leases.resize_with(self.plugins.len(), Lease::default);
         for (i, plugin) in self.plugins.iter().enumerate() {
+            // Not asked for: the request reached it all the same (its `on-response` runs).
+            if !plugin.wants_request() {
+                self.ran.push(i);
+                continue;
+            }
             // Fail open means "as if it were not there": keep the request as it was before it.
             let before = (plugin.fail.mode == Fail::Open).then(|| state.clone());
             let t = Instant::now();
@@ -98,7 +106,7 @@ impl<'a> Chain<'a> {
                         plugin.metrics.short_circuited(status.as_u16());
                         self.answered_by = Some(plugin.name().clone());
                         return Ok((
-                            state,
+                            *state,
                             Some(Early {
                                 status,
                                 headers,
@@ -112,19 +120,26 @@ impl<'a> Chain<'a> {
                 }
             }
         }
-        Ok((state, None))
+        Ok((*state, None))
     }
 
-    /// Runs the response hooks of the plugins whose request hook ran, in
-    /// reverse order, with a read-only view of the request.
+    /// Runs the response hooks of the plugins the request reached (and that
+    /// asked for them), in reverse order, with a read-only view of the request.
     pub async fn response(
         &mut self,
-        mut req: RequestState,
-        mut resp: ResponseState,
+        req: RequestState,
+        resp: ResponseState,
     ) -> Result<(RequestState, ResponseState), Failed> {
+        if !self.ran.iter().any(|&i| self.plugins[i].wants_response()) {
+            return Ok((req, resp));
+        }
+        let (mut req, mut resp) = (Box::new(req), Box::new(resp));
         req.read_only = true;
         for &i in self.ran.iter().rev() {
             let plugin = &self.plugins[i];
+            if !plugin.wants_response() {
+                continue;
+            }
             let before = (plugin.fail.mode == Fail::Open).then(|| (req.clone(), resp.clone()));
             let t = Instant::now();
             let result = plugin.on_response(&mut self.leases[i], req, resp).await;
@@ -138,7 +153,7 @@ impl<'a> Chain<'a> {
                 }
             }
         }
-        Ok((req, resp))
+        Ok((*req, *resp))
     }
 }
 

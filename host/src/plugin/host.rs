@@ -39,6 +39,11 @@ pub struct HostState {
     pub(crate) log_rate: usize,
     /// Budgets of the current hook call.
     pub(crate) budget: Budget,
+    /// The request of the current hook call. Kept here rather than in the
+    /// resource table: a hook sees one request, and its handle needs no lookup.
+    pub(crate) request: Option<Box<http::RequestState>>,
+    /// The response of the current `on-response` call.
+    pub(crate) response: Option<Box<http::ResponseState>>,
     stdio_budget: Option<stdio::Budget>,
 }
 
@@ -113,11 +118,9 @@ impl HostState {
                 ..Budget::default()
             },
             stdio_budget,
+            request: None,
+            response: None,
         }
-    }
-
-    pub(crate) fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
     }
 
     /// Starts a hook call with fresh budgets.

@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::{self, Action};
+use super::bindings::{self, Action, Hooks};
 use super::guard::{Guard, Pass, default_concurrency};
 use super::host::HostState;
 use super::host::http::{RequestState, ResponseState, reply_parts};
@@ -32,6 +32,7 @@ const MAX_IDLE: usize = 64;
 struct Instance {
     store: Store<HostState>,
     filter: bindings::Plugin,
+    hooks: Hooks,
 }
 
 /// The instance one request holds of one plugin, from its first hook to the
@@ -94,6 +95,7 @@ pub struct ChainPlugin {
     idle: Mutex<Vec<Instance>>,
     failures: [AtomicU64; PluginErrorKind::REASONS.len()],
     guard: Guard,
+    hooks: Hooks,
 }
 
 /// A plugin failed: the request cannot go on as configured.
@@ -227,6 +229,11 @@ impl PluginErrorKind {
     }
 }
 
+/// The request or response a hook call was handed, back from the store.
+fn taken<T>(v: Option<T>) -> Result<T, PluginErrorKind> {
+    v.ok_or_else(|| PluginErrorKind::Trap("the hook's request or response is gone".into()))
+}
+
 /// Whether a hook call ran out of CPU or wall time: a strike for the breaker.
 fn burned<T>(result: &Result<T, PluginErrorKind>) -> bool {
     matches!(
@@ -272,7 +279,7 @@ impl ChainPlugin {
             &plugin.name,
             &route,
         );
-        let chain = ChainPlugin {
+        let mut chain = ChainPlugin {
             plugin,
             route,
             isolation,
@@ -284,6 +291,7 @@ impl ChainPlugin {
             idle: Mutex::new(Vec::new()),
             failures: Default::default(),
             guard,
+            hooks: Hooks::empty(),
         };
         // `init` runs off the request path, but must not hang a load either.
         let limit = chain.policy.limits.call_timeout.max(MIN_INIT_TIMEOUT);
@@ -291,6 +299,8 @@ impl ChainPlugin {
             .await
             .unwrap_or(Err(PluginErrorKind::CallTimeout(limit)))
             .map_err(|kind| chain.error(kind))?;
+        // What the first instance declared holds for the route: same code, same config.
+        chain.hooks = first.hooks;
         chain.checkin(first);
         Ok(chain)
     }
@@ -298,6 +308,16 @@ impl ChainPlugin {
     /// The plugin's name.
     pub fn name(&self) -> &Arc<str> {
         &self.plugin.name
+    }
+
+    /// Whether `init` asked for `on-request` on this route.
+    pub fn wants_request(&self) -> bool {
+        self.hooks.contains(Hooks::ON_REQUEST)
+    }
+
+    /// Whether `init` asked for `on-response` on this route.
+    pub fn wants_response(&self) -> bool {
+        self.hooks.contains(Hooks::ON_RESPONSE)
     }
 
     /// Failures of this plugin on this route since it was loaded.
@@ -385,13 +405,17 @@ impl ChainPlugin {
                 PluginErrorKind::classify(&e, limits, init_deadline)
                     .unwrap_or_else(|| PluginErrorKind::Instantiate(format!("{e:#}")))
             })?;
-        filter
+        let hooks = filter
             .weir_plugin_filter()
             .call_init(&mut store, &self.config_json)
             .await
             .map_err(|e| PluginErrorKind::from_call(e, limits, init_deadline))?
             .map_err(PluginErrorKind::Config)?;
-        Ok(Instance { store, filter })
+        Ok(Instance {
+            store,
+            filter,
+            hooks,
+        })
     }
 
     async fn checkout(&self) -> Result<Instance, PluginErrorKind> {
@@ -425,8 +449,8 @@ impl ChainPlugin {
     pub async fn on_request(
         &self,
         lease: &mut Lease,
-        req: RequestState,
-    ) -> Result<(RequestState, Outcome), PluginError> {
+        req: Box<RequestState>,
+    ) -> Result<(Box<RequestState>, Outcome), PluginError> {
         let timeout = self.policy.limits.call_timeout;
         let pass = self
             .enter(timeout)
@@ -442,30 +466,19 @@ impl ChainPlugin {
     async fn request_hook(
         &self,
         lease: &mut Lease,
-        req: RequestState,
-    ) -> Result<(RequestState, Outcome), PluginErrorKind> {
+        req: Box<RequestState>,
+    ) -> Result<(Box<RequestState>, Outcome), PluginErrorKind> {
         let limits = &self.policy.limits;
         let mut inst = self.take(lease).await?;
         self.begin(&mut inst);
-        let res = inst
-            .store
-            .data_mut()
-            .table()
-            .push(req)
-            .map_err(|e| PluginErrorKind::Trap(format!("resource table: {e}")))?;
-        let handle = Resource::<RequestState>::new_borrow(res.rep());
+        inst.store.data_mut().request = Some(req);
         let action = inst
             .filter
             .weir_plugin_filter()
-            .call_on_request(&mut inst.store, handle)
+            .call_on_request(&mut inst.store, Resource::new_borrow(0))
             .await
             .map_err(|e| PluginErrorKind::from_call(e, limits, limits.cpu_deadline))?;
-        let req = inst
-            .store
-            .data_mut()
-            .table()
-            .delete(res)
-            .map_err(|e| PluginErrorKind::Trap(format!("resource table: {e}")))?;
+        let req = taken(inst.store.data_mut().request.take())?;
         let outcome = match action {
             Action::Continue => Outcome::Continue,
             Action::Respond(reply) => {
@@ -489,9 +502,9 @@ impl ChainPlugin {
     pub async fn on_response(
         &self,
         lease: &mut Lease,
-        req: RequestState,
-        resp: ResponseState,
-    ) -> Result<(RequestState, ResponseState), PluginError> {
+        req: Box<RequestState>,
+        resp: Box<ResponseState>,
+    ) -> Result<(Box<RequestState>, Box<ResponseState>), PluginError> {
         let timeout = self.policy.limits.call_timeout;
         let pass = self
             .enter(timeout)
@@ -507,34 +520,28 @@ impl ChainPlugin {
     async fn response_hook(
         &self,
         lease: &mut Lease,
-        req: RequestState,
-        resp: ResponseState,
-    ) -> Result<(RequestState, ResponseState), PluginErrorKind> {
+        req: Box<RequestState>,
+        resp: Box<ResponseState>,
+    ) -> Result<(Box<RequestState>, Box<ResponseState>), PluginErrorKind> {
         let mut inst = self.take(lease).await?;
         self.begin(&mut inst);
-        let table = inst.store.data_mut().table();
-        let full = |e: wasmtime::component::ResourceTableError| {
-            PluginErrorKind::Trap(format!("resource table: {e}"))
-        };
-        let rq = table.push(req).map_err(full)?;
-        let rs = table.push(resp).map_err(full)?;
-        let (hq, hs) = (
-            Resource::new_borrow(rq.rep()),
-            Resource::new_borrow(rs.rep()),
-        );
+        let data = inst.store.data_mut();
+        data.request = Some(req);
+        data.response = Some(resp);
         inst.filter
             .weir_plugin_filter()
-            .call_on_response(&mut inst.store, hq, hs)
+            .call_on_response(
+                &mut inst.store,
+                Resource::new_borrow(0),
+                Resource::new_borrow(0),
+            )
             .await
             .map_err(|e| {
                 let limits = &self.policy.limits;
                 PluginErrorKind::from_call(e, limits, limits.cpu_deadline)
             })?;
-        let table = inst.store.data_mut().table();
-        let back = (
-            table.delete(rq).map_err(full)?,
-            table.delete(rs).map_err(full)?,
-        );
+        let data = inst.store.data_mut();
+        let back = (taken(data.request.take())?, taken(data.response.take())?);
         lease.0 = Some(inst);
         Ok(back)
     }

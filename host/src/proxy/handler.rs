@@ -166,6 +166,12 @@ impl RequestCtx {
         RequestState {
             method: parts.method.clone(),
             path,
+            // Only plugins read it.
+            raw_path: if route.chain.is_empty() {
+                String::new()
+            } else {
+                self.raw_path.clone()
+            },
             query: parts.uri.query().map(str::to_string),
             authority,
             headers: std::mem::take(&mut parts.headers),

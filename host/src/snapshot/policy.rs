@@ -188,9 +188,14 @@ pub(super) fn load_error_help(
             at(p.max_memory.as_ref().map(Spanned::span)),
             "raise `max_memory` for this plugin, or build it with a smaller initial memory".into(),
         ),
+        LoadError::WitVersion { .. } => (
+            p.path.span(),
+            "rebuild the plugin against weir-sdk 0.2, or keep the gateway version it was built for"
+                .into(),
+        ),
         _ => (
             p.path.span(),
-            "build it with weir-sdk for wasm32-wasip2 against wit/ (weir:plugin@0.1.0)".into(),
+            "build it with weir-sdk for wasm32-wasip2 against wit/ (weir:plugin@0.2.0)".into(),
         ),
     }
 }

@@ -9,11 +9,12 @@
 //! response hook. See `README.md` for the config reference.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
-use weir_sdk::{EditError, Plugin, Request, Response, check_header_name};
+use weir_sdk::{EditError, Hooks, Plugin, Request, Response, check_header_name};
 
 /// The route's config table.
 #[derive(Debug, Default, Deserialize)]
@@ -220,7 +221,7 @@ impl Ops {
     }
 
     /// Applies remove, rename, set, add to `target`; placeholders read `req`.
-    fn apply(&self, target: &impl Headers, req: &Request) {
+    fn apply(&self, target: &impl Headers, req: &Request, route: &OnceCell<String>) {
         for name in &self.remove {
             warn_on(name, "remove", target.remove(name).map(drop));
         }
@@ -236,25 +237,30 @@ impl Ops {
             }
         }
         for (name, t) in &self.set {
-            warn_on(name, "set", target.set(name, &t.expand(|s| lookup(req, s))));
+            warn_on(
+                name,
+                "set",
+                target.set(name, &t.expand(|s| lookup(req, route, s))),
+            );
         }
         for (name, t) in &self.add {
             warn_on(
                 name,
                 "add",
-                target.append(name, &t.expand(|s| lookup(req, s))),
+                target.append(name, &t.expand(|s| lookup(req, route, s))),
             );
         }
     }
 }
 
 /// Reads a placeholder's value from the request.
-fn lookup(req: &Request, seg: &Segment) -> Option<String> {
+fn lookup(req: &Request, route: &OnceCell<String>, seg: &Segment) -> Option<String> {
     match seg {
         Segment::Lit(s) => Some(s.clone()),
         Segment::ClientIp => Some(client_ip(&req.client_addr()).to_owned()),
         Segment::ClientAddr => Some(req.client_addr()),
-        Segment::RouteId => Some(req.route_id()),
+        // An instance serves one route: asked for once.
+        Segment::RouteId => Some(route.get_or_init(|| req.route_id()).clone()),
         Segment::Method => Some(req.method()),
         Segment::Path => Some(req.path()),
         Segment::Host => req.authority(),
@@ -319,6 +325,7 @@ impl_headers!(Response);
 pub struct HeadersFilter {
     request: Ops,
     response: Ops,
+    route: OnceCell<String>,
 }
 
 impl HeadersFilter {
@@ -327,6 +334,7 @@ impl HeadersFilter {
         Ok(Self {
             request: Ops::from_config("request", config.request)?,
             response: Ops::from_config("response", config.response)?,
+            route: OnceCell::new(),
         })
     }
 }
@@ -338,16 +346,28 @@ impl Plugin for HeadersFilter {
         Self::from_config(config)
     }
 
+    fn hooks(&self) -> Hooks {
+        // A direction with no edits costs no hook call.
+        let mut hooks = Hooks::empty();
+        if !self.request.is_empty() {
+            hooks = hooks | Hooks::ON_REQUEST;
+        }
+        if !self.response.is_empty() {
+            hooks = hooks | Hooks::ON_RESPONSE;
+        }
+        hooks
+    }
+
     fn on_request(&mut self, req: &Request) -> weir_sdk::Action {
         if !self.request.is_empty() {
-            self.request.apply(req, req);
+            self.request.apply(req, req, &self.route);
         }
         weir_sdk::Action::Continue
     }
 
     fn on_response(&mut self, req: &Request, resp: &Response) {
         if !self.response.is_empty() {
-            self.response.apply(resp, req);
+            self.response.apply(resp, req, &self.route);
         }
     }
 }

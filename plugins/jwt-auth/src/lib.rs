@@ -43,6 +43,10 @@ impl Plugin for JwtAuth {
         Ok(JwtAuth { settings })
     }
 
+    fn hooks(&self) -> weir_sdk::Hooks {
+        weir_sdk::Hooks::ON_REQUEST
+    }
+
     fn on_request(&mut self, req: &Request) -> Action {
         let s = &self.settings;
         let values = req.header_all(&s.header);

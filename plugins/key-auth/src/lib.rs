@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
 use weir_sdk::metrics;
-use weir_sdk::{Action, Plugin, Request, reply};
+use weir_sdk::{Action, Hooks, Plugin, Request, reply};
 
 /// The route's config table.
 #[derive(Debug, Deserialize)]
@@ -165,6 +165,10 @@ impl Plugin for KeyAuth {
 
     fn new(config: Config) -> Result<Self, String> {
         Self::from_config(config)
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::ON_REQUEST
     }
 
     fn on_request(&mut self, req: &Request) -> Action {

@@ -12,7 +12,7 @@
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
 use weir_sdk::state::{Bucket, TakeResult, take};
-use weir_sdk::{Action, Plugin, Request, Response, check_header_name, reply};
+use weir_sdk::{Action, Header, Plugin, Request, Response, check_header_name, reply};
 
 /// The route's config table. Numbers are signed so that a bad value gets a
 /// message naming its field rather than a bare serde error.
@@ -190,6 +190,11 @@ pub struct RateLimit {
     /// Precomputed header values.
     limit: String,
     policy_header: String,
+    /// This request's `ratelimit-remaining` and `ratelimit-reset`, for
+    /// `on_response` (a request's hooks run on one instance, in turn).
+    outcome: Option<(String, String)>,
+    /// The route's id: an instance serves one route, so it is asked for once.
+    route: std::cell::OnceCell<String>,
 }
 
 impl RateLimit {
@@ -211,13 +216,15 @@ impl RateLimit {
             policy: format!("{rate}/{per_ms}ms/{burst}"),
             limit: burst.to_string(),
             policy_header: format!("{burst};w={}", ceil_secs(per_ms).max(1)),
+            outcome: None,
+            route: std::cell::OnceCell::new(),
         })
     }
 
     fn key_for(&self, req: &Request) -> String {
-        let route = req.route_id();
+        let route = self.route.get_or_init(|| req.route_id());
         let value = match &self.key {
-            KeySource::Route => return bucket_key(&route, &self.policy, KeyPart::Route),
+            KeySource::Route => return bucket_key(route, &self.policy, KeyPart::Route),
             KeySource::ClientIp => None,
             KeySource::Header(h) => req.header(h).filter(|v| !v.is_empty()),
             KeySource::Var(v) => req.get_var(v).filter(|v| !v.is_empty()),
@@ -228,10 +235,10 @@ impl RateLimit {
             // Absent header or variable: fall back to the client IP.
             _ => {
                 let addr = req.client_addr();
-                return bucket_key(&route, &self.policy, KeyPart::Ip(client_ip(&addr)));
+                return bucket_key(route, &self.policy, KeyPart::Ip(client_ip(&addr)));
             }
         };
-        bucket_key(&route, &self.policy, part)
+        bucket_key(route, &self.policy, part)
     }
 
     fn denied(&self, r: &TakeResult) -> Action {
@@ -267,19 +274,19 @@ impl Plugin for RateLimit {
                 ceil_secs(r.retry_after_ms).max(1).to_string(),
             )
         };
-        for (name, value) in [
+        let vars = [
             (VAR_LIMIT, self.limit.as_str()),
             (VAR_REMAINING, &remaining),
             (VAR_RESET, &reset),
-        ] {
-            if let Err(e) = req.set_var(name, value) {
-                log::log(
-                    Level::Warn,
-                    "cannot set request variable",
-                    &[("var", name), ("error", &format!("{e:?}"))],
-                );
-            }
+        ];
+        if let Err((i, e)) = req.set_vars(&vars) {
+            log::log(
+                Level::Warn,
+                "cannot set request variable",
+                &[("var", vars[i as usize].0), ("error", &format!("{e:?}"))],
+            );
         }
+        self.outcome = Some((remaining, reset));
         if r.allowed {
             Action::Continue
         } else {
@@ -288,21 +295,29 @@ impl Plugin for RateLimit {
         }
     }
 
-    fn on_response(&mut self, req: &Request, resp: &Response) {
-        for (var, header) in [
-            (VAR_LIMIT, "ratelimit-limit"),
-            (VAR_REMAINING, "ratelimit-remaining"),
-            (VAR_RESET, "ratelimit-reset"),
-        ] {
-            if let Some(v) = req.get_var(var)
-                && let Err(e) = resp.set_header(header, &v)
-            {
-                log::log(
-                    Level::Warn,
-                    "cannot set response header",
-                    &[("header", header), ("error", &format!("{e:?}"))],
-                );
-            }
+    fn on_response(&mut self, _req: &Request, resp: &Response) {
+        // Kept in `self`, not read back from the variables: three host calls fewer.
+        let Some((remaining, reset)) = self.outcome.take() else {
+            return;
+        };
+        let headers = [
+            ("ratelimit-limit", self.limit.clone()),
+            ("ratelimit-remaining", remaining),
+            ("ratelimit-reset", reset),
+        ]
+        .map(|(name, value)| Header {
+            name: name.to_owned(),
+            value,
+        });
+        if let Err((i, e)) = resp.set_headers(&headers) {
+            log::log(
+                Level::Warn,
+                "cannot set response header",
+                &[
+                    ("header", headers[i as usize].name.as_str()),
+                    ("error", &format!("{e:?}")),
+                ],
+            );
         }
     }
 }

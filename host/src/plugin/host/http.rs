@@ -17,6 +17,7 @@ use super::HostState;
 use crate::plugin::bindings::weir::plugin::http::{
     EditError, Header, Host, HostRequest, HostResponse,
 };
+use crate::plugin::bindings::weir::plugin::{edit_request, edit_response, rewrite, vars};
 
 use crate::plugin::limits::MAX_HEADER_VALUE;
 
@@ -40,6 +41,8 @@ pub struct RequestState {
     pub method: Method,
     /// The normalised path.
     pub path: String,
+    /// The path as the client sent it (read-only for plugins).
+    pub raw_path: String,
     /// The raw query, without `?`.
     pub query: Option<String>,
     /// `Host` or `:authority`.
@@ -139,12 +142,10 @@ fn header_bytes(h: &HeaderMap) -> usize {
 fn set(h: &mut HeaderMap, n: &str, v: &str, lim: HeaderLimits) -> Result<(), EditError> {
     let (n, v) = (name(n)?, value(v)?);
     let (count, bytes) = (h.len(), header_bytes(h));
-    let replaced = h.get_all(&n).iter().count();
-    let replaced_bytes: usize = h
+    let (replaced, replaced_bytes) = h
         .get_all(&n)
         .iter()
-        .map(|o| n.as_str().len() + o.len())
-        .sum();
+        .fold((0, 0), |(c, b), o| (c + 1, b + n.as_str().len() + o.len()));
     let new_count = count - replaced + 1;
     let new_bytes = bytes - replaced_bytes + n.as_str().len() + v.len();
     // A message already over a limit (as the client sent it) may still be edited, not grown.
@@ -172,10 +173,17 @@ fn remove(h: &mut HeaderMap, n: &str) -> Result<bool, EditError> {
     Ok(h.remove(name(n)?).is_some())
 }
 
+// A hook's request and response live in the store's data, not its resource
+// table: each hook call has at most one of each, so handles are borrows the
+// host hands out with rep 0 and never looks up. The component model type-checks
+// them and ends them with the call.
 impl HostState {
     fn req(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<&mut RequestState> {
+        let _ = r;
         self.charge()?;
-        Ok(self.table().get_mut(r)?)
+        self.request
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("no request in this hook call"))
     }
 
     fn req_mut(
@@ -191,8 +199,11 @@ impl HostState {
     }
 
     fn resp(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
+        let _ = r;
         self.charge()?;
-        Ok(self.table().get_mut(r)?)
+        self.response
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("no response in this hook call"))
     }
 }
 
@@ -205,6 +216,9 @@ impl HostRequest for HostState {
     fn path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
         Ok(self.req(&r)?.path.clone())
     }
+    fn raw_path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.raw_path.clone())
+    }
     fn query(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
         Ok(self.req(&r)?.query.clone())
     }
@@ -212,7 +226,7 @@ impl HostRequest for HostState {
         Ok(self.req(&r)?.authority.clone())
     }
     fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.req(&r)?.client.to_string())
+        Ok(addr_string(self.req(&r)?.client))
     }
     fn route_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
         Ok(self.req(&r)?.route_id.to_string())
@@ -230,6 +244,27 @@ impl HostRequest for HostState {
     fn headers(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<Header>> {
         Ok(all(&self.req(&r)?.headers))
     }
+    fn get_var(
+        &mut self,
+        r: Resource<RequestState>,
+        n: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .req(&r)?
+            .vars
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.clone()))
+    }
+    fn drop(&mut self, r: Resource<RequestState>) -> wasmtime::Result<()> {
+        // Handles are owned by the host and taken back after each call; a
+        // guest can only drop a borrow, which never reaches here.
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl edit_request::Host for HostState {
     fn set_header(
         &mut self,
         r: Resource<RequestState>,
@@ -240,6 +275,17 @@ impl HostRequest for HostState {
         Ok(self
             .req_mut(&r)?
             .and_then(|q| set(&mut q.headers, &n, &v, lim)))
+    }
+    fn set_headers(
+        &mut self,
+        r: Resource<RequestState>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), (u32, EditError)>> {
+        let lim = self.headers;
+        Ok(match self.req_mut(&r)? {
+            Ok(q) => set_each(&mut q.headers, &headers, lim),
+            Err(e) => Err((0, e)),
+        })
     }
     fn append_header(
         &mut self,
@@ -259,6 +305,9 @@ impl HostRequest for HostState {
     ) -> wasmtime::Result<Result<bool, EditError>> {
         Ok(self.req_mut(&r)?.and_then(|q| remove(&mut q.headers, &n)))
     }
+}
+
+impl rewrite::Host for HostState {
     fn set_path(
         &mut self,
         r: Resource<RequestState>,
@@ -289,63 +338,61 @@ impl HostRequest for HostState {
             Ok(())
         }))
     }
-    fn get_var(
-        &mut self,
-        r: Resource<RequestState>,
-        n: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self
-            .req(&r)?
-            .vars
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map(|(_, v)| v.clone()))
-    }
+}
+
+impl vars::Host for HostState {
     fn set_var(
         &mut self,
         r: Resource<RequestState>,
         n: String,
         v: String,
     ) -> wasmtime::Result<Result<(), EditError>> {
-        Ok(self.req_mut(&r)?.and_then(|q| {
-            if v.len() > MAX_VAR_VALUE || n.len() > 128 {
-                return Err(EditError::TooLarge);
-            }
-            if let Some(slot) = q.vars.iter_mut().find(|(k, _)| *k == n) {
-                slot.1 = v;
-            } else if q.vars.len() < MAX_VARS {
-                q.vars.push((n, v));
-            } else {
-                return Err(EditError::TooLarge);
-            }
-            Ok(())
-        }))
+        Ok(self.req_mut(&r)?.and_then(|q| set_var(&mut q.vars, n, v)))
     }
-    fn drop(&mut self, r: Resource<RequestState>) -> wasmtime::Result<()> {
-        // Handles are owned by the host and taken back after each call; a
-        // guest can only drop a borrow, which never reaches here.
-        let _ = r;
-        Ok(())
+    fn set_vars(
+        &mut self,
+        r: Resource<RequestState>,
+        pairs: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), (u32, EditError)>> {
+        Ok(match self.req_mut(&r)? {
+            Ok(q) => pairs
+                .into_iter()
+                .zip(0u32..)
+                .try_for_each(|((n, v), i)| set_var(&mut q.vars, n, v).map_err(|e| (i, e))),
+            Err(e) => Err((0, e)),
+        })
     }
+}
+
+fn set_var(vars: &mut Vec<(String, String)>, n: String, v: String) -> Result<(), EditError> {
+    if v.len() > MAX_VAR_VALUE || n.len() > 128 {
+        return Err(EditError::TooLarge);
+    }
+    if let Some(slot) = vars.iter_mut().find(|(k, _)| *k == n) {
+        slot.1 = v;
+    } else if vars.len() < MAX_VARS {
+        vars.push((n, v));
+    } else {
+        return Err(EditError::TooLarge);
+    }
+    Ok(())
+}
+
+/// `set` for each header in order; the first refusal stops it, with its index.
+fn set_each(
+    h: &mut HeaderMap,
+    headers: &[Header],
+    lim: HeaderLimits,
+) -> Result<(), (u32, EditError)> {
+    headers
+        .iter()
+        .zip(0u32..)
+        .try_for_each(|(x, i)| set(h, &x.name, &x.value, lim).map_err(|e| (i, e)))
 }
 
 impl HostResponse for HostState {
     fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
         Ok(self.resp(&r)?.status.as_u16())
-    }
-    fn set_status(
-        &mut self,
-        r: Resource<ResponseState>,
-        status: u16,
-    ) -> wasmtime::Result<Result<(), EditError>> {
-        let resp = self.resp(&r)?;
-        Ok(match final_status(status) {
-            Some(s) => {
-                resp.status = s;
-                Ok(())
-            }
-            None => Err(EditError::InvalidStatus(status)),
-        })
     }
     fn header(
         &mut self,
@@ -364,6 +411,27 @@ impl HostResponse for HostState {
     fn headers(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<Header>> {
         Ok(all(&self.resp(&r)?.headers))
     }
+    fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {
+        let _ = r;
+        Ok(())
+    }
+}
+
+impl edit_response::Host for HostState {
+    fn set_status(
+        &mut self,
+        r: Resource<ResponseState>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), EditError>> {
+        let resp = self.resp(&r)?;
+        Ok(match final_status(status) {
+            Some(s) => {
+                resp.status = s;
+                Ok(())
+            }
+            None => Err(EditError::InvalidStatus(status)),
+        })
+    }
     fn set_header(
         &mut self,
         r: Resource<ResponseState>,
@@ -372,6 +440,14 @@ impl HostResponse for HostState {
     ) -> wasmtime::Result<Result<(), EditError>> {
         let lim = self.headers;
         Ok(set(&mut self.resp(&r)?.headers, &n, &v, lim))
+    }
+    fn set_headers(
+        &mut self,
+        r: Resource<ResponseState>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), (u32, EditError)>> {
+        let lim = self.headers;
+        Ok(set_each(&mut self.resp(&r)?.headers, &headers, lim))
     }
     fn append_header(
         &mut self,
@@ -389,10 +465,39 @@ impl HostResponse for HostState {
     ) -> wasmtime::Result<Result<bool, EditError>> {
         Ok(remove(&mut self.resp(&r)?.headers, &n))
     }
-    fn drop(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<()> {
-        let _ = r;
-        Ok(())
+}
+
+/// `ip:port` as `SocketAddr`'s `Display` writes it, without the formatter for IPv4.
+fn addr_string(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v4) => {
+            let mut s = String::with_capacity(21);
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_u32(&mut s, u32::from(*o));
+            }
+            s.push(':');
+            push_u32(&mut s, u32::from(v4.port()));
+            s
+        }
+        SocketAddr::V6(_) => a.to_string(),
     }
+}
+
+fn push_u32(s: &mut String, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(buf[i..].iter().map(|&b| char::from(b)));
 }
 
 /// Checks a filter's early reply against the plugin's limits and turns it
@@ -429,4 +534,22 @@ pub(crate) fn reply_parts(
         })?;
     }
     Ok((status, headers, reply.body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addr_string;
+
+    #[test]
+    fn addresses_print_as_display_does() {
+        for a in [
+            "127.0.0.1:40000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:8080",
+        ] {
+            let addr: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(addr_string(addr), addr.to_string());
+        }
+    }
 }

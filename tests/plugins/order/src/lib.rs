@@ -1,7 +1,9 @@
 //! Test plugin: appends its `tag` to `x-order` on the request and to
 //! `x-resp-order` on the response, so tests can see the chain order; with
-//! `respond = STATUS` it answers early instead.
-use weir_sdk::{Action, Plugin, Request, Response, reply};
+//! `respond = STATUS` it answers early instead. `hooks = "request"` or
+//! `"response"` asks for one hook only; `raw_path = true` copies the path the
+//! client sent into `x-raw-path`.
+use weir_sdk::{Action, Hooks, Plugin, Request, Response, reply};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -9,6 +11,10 @@ struct Config {
     tag: String,
     #[serde(default)]
     respond: Option<u16>,
+    #[serde(default)]
+    hooks: Option<String>,
+    #[serde(default)]
+    raw_path: bool,
 }
 
 struct Order(Config);
@@ -23,8 +29,19 @@ impl Plugin for Order {
         Ok(Order(config))
     }
 
+    fn hooks(&self) -> Hooks {
+        match self.0.hooks.as_deref() {
+            Some("request") => Hooks::ON_REQUEST,
+            Some("response") => Hooks::ON_RESPONSE,
+            _ => Hooks::ON_REQUEST | Hooks::ON_RESPONSE,
+        }
+    }
+
     fn on_request(&mut self, req: &Request) -> Action {
         let _ = req.append_header("x-order", &self.0.tag);
+        if self.0.raw_path {
+            let _ = req.set_header("x-raw-path", &req.raw_path());
+        }
         match self.0.respond {
             Some(status) => reply(status)
                 .header("x-answered-by", self.0.tag.as_str())
