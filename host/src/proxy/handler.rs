@@ -45,7 +45,7 @@ use crate::snapshot::{Route, ServerSettings, Snapshot};
 use crate::telemetry::metrics::Exchange;
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
-use crate::upstream::{Target, echo};
+use crate::upstream::{Endpoint, Target, echo, pool};
 
 /// Request bodies up to this size are read whole before the upstream is
 /// asked for a place (nginx buffers 8-16 KiB in memory by default).
@@ -331,8 +331,9 @@ impl RequestCtx {
             let may_retry = retry
                 && tried.len() < upstream.settings.retries as usize
                 && tried.len() + 1 < upstream.endpoints().len();
-            let mut uri = String::with_capacity(endpoint.base_url.len() + pq.len());
-            uri.push_str(&endpoint.base_url);
+            let base = endpoint.uri_base();
+            let mut uri = String::with_capacity(base.len() + pq.len());
+            uri.push_str(base);
             uri.push_str(&pq);
             let mut req = Request::builder()
                 .method(state.method.clone())
@@ -350,7 +351,7 @@ impl RequestCtx {
             let sent = Instant::now();
             let result = attempt(
                 upstream,
-                &endpoint.target,
+                endpoint,
                 req,
                 server,
                 client_done.as_deref(),
@@ -583,39 +584,55 @@ fn routed_authority(parts: &http::request::Parts) -> Result<Option<String>, Gate
 /// fault (408), not the target's.
 async fn attempt(
     upstream: &crate::upstream::Upstream,
-    target: &Target,
+    endpoint: &Endpoint,
     req: Request<Body>,
     server: &ServerSettings,
     client_done: Option<&AtomicBool>,
 ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
-    match target {
-        Target::Echo => echo::respond(req)
-            .await
-            .map(|r| (r, None))
-            .map_err(|e| classify(e, server, "builtin:echo")),
-        Target::Http { .. } => {
-            let timeout = upstream.settings.request_timeout;
+    let target = &endpoint.target;
+    let timeout = upstream.settings.request_timeout;
+    let timed_out = || {
+        if client_done.is_some_and(|d| !d.load(Ordering::Relaxed)) {
+            GatewayError::BodyTimeout(timeout)
+        } else {
+            GatewayError::UpstreamTimeout(timeout)
+        }
+    };
+    let resp = match (target, &endpoint.pool) {
+        (Target::Echo, _) => {
+            return echo::respond(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| classify(e, server, "builtin:echo"));
+        }
+        (_, Some(pool)) => match tokio::time::timeout(timeout, pool.send(req)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(pool::Error::Connect(e))) => {
+                return Err(GatewayError::UpstreamConnect(format!("{target}: {e}")));
+            }
+            Ok(Err(pool::Error::Exchange(e))) => {
+                return Err(classify(Box::new(e), server, &target.to_string()));
+            }
+            Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+        },
+        (Target::Http { .. }, None) => {
             match tokio::time::timeout(timeout, upstream.client.request(req)).await {
-                Err(_) if client_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
-                    Err(GatewayError::BodyTimeout(timeout))
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) if e.is_connect() => {
+                    return Err(GatewayError::UpstreamConnect(format!(
+                        "{target}: {}",
+                        crate::error::chain(&e)
+                    )));
                 }
-                Err(_) => Err(GatewayError::UpstreamTimeout(timeout)),
-                Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(format!(
-                    "{target}: {}",
-                    crate::error::chain(&e)
-                ))),
-                Ok(Err(e)) => Err(classify(Box::new(e), server, &target.to_string())),
-                Ok(Ok(mut resp)) => {
-                    let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| hyper::upgrade::on(&mut resp));
-                    Ok((
-                        resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
-                        up,
-                    ))
-                }
+                Ok(Err(e)) => return Err(classify(Box::new(e), server, &target.to_string())),
+                Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
             }
         }
-    }
+    };
+    let mut resp = resp;
+    let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| hyper::upgrade::on(&mut resp));
+    Ok((resp, up))
 }
 
 /// A fail-closed plugin's failure, as the request's error.
