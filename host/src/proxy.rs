@@ -203,22 +203,21 @@ pub async fn serve_connection<I>(
         conn.as_mut().graceful_shutdown();
     }
     let idle = settings.idle_timeout;
-    let mut idle_check = Instant::now() + idle;
     // hyper's header timer starts with the first byte; a connection that
     // sends nothing (or half an HTTP/2 preface) would otherwise hold its slot
     // until `idle_timeout`.
     let first_request = Instant::now() + settings.header_read_timeout;
     let mut awaiting_first = true;
+    let mut idle_check = Instant::now() + idle;
+    // One timer for both deadlines, reset rather than remade: every wake-up
+    // of the connection polls it, so one is cheaper than two.
+    let timer = tokio::time::sleep_until(first_request.min(idle_check));
+    tokio::pin!(timer);
     let result = loop {
         tokio::select! {
+            // The connection first: it is what wakes the task on almost every turn.
+            biased;
             r = conn.as_mut() => break r,
-            _ = tokio::time::sleep_until(first_request), if awaiting_first => {
-                if !activity.started() {
-                    tracing::debug!(peer = %info.peer, "no request within header_read_timeout of accept; closing");
-                    return;
-                }
-                awaiting_first = false;
-            }
             changed = phase.changed(), if changed_possible(&phase) => {
                 let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
                 match now {
@@ -230,16 +229,32 @@ pub async fn serve_connection<I>(
                     _ => {}
                 }
             }
-            _ = tokio::time::sleep_until(idle_check), if !draining => {
-                match activity.idle_since() {
-                    // Idle long enough: close politely (GOAWAY on HTTP/2).
-                    Some(since) if since.elapsed() >= idle => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
+            () = timer.as_mut(), if awaiting_first || !draining => {
+                let now = Instant::now();
+                if awaiting_first && now >= first_request {
+                    if !activity.started() {
+                        tracing::debug!(peer = %info.peer, "no request within header_read_timeout of accept; closing");
+                        return;
                     }
-                    Some(since) => idle_check = since + idle,
-                    None => idle_check = Instant::now() + idle,
+                    awaiting_first = false;
                 }
+                if !draining && now >= idle_check {
+                    match activity.idle_since() {
+                        // Idle long enough: close politely (GOAWAY on HTTP/2).
+                        Some(since) if since.elapsed() >= idle => {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        Some(since) => idle_check = since + idle,
+                        None => idle_check = now + idle,
+                    }
+                }
+                let next = match (awaiting_first, draining) {
+                    (true, true) => first_request,
+                    (true, false) => first_request.min(idle_check),
+                    (false, _) => idle_check,
+                };
+                timer.as_mut().reset(next);
             }
         }
     };

@@ -1,4 +1,6 @@
-//! Upstreams: named groups of weighted targets behind one pooled client.
+//! Upstreams: named groups of weighted targets. Each plain `http://`
+//! HTTP/1.1 target has a connection pool of its own ([`pool`]); TLS and h2c
+//! targets share the upstream's hyper-util client.
 //!
 //! A request [`Upstream::admit`]s itself (the concurrency limit: over it the
 //! answer is 503), then [`Upstream::pick`]s a target by the configured
@@ -11,6 +13,7 @@
 pub mod echo;
 mod health;
 mod pick;
+pub mod pool;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -190,6 +193,9 @@ pub struct Endpoint {
     pub target: Target,
     /// `http[s]://host:port`, built once.
     pub base_url: String,
+    /// The pool of plain HTTP/1.1 targets; `None` for TLS, h2c and `builtin:echo`
+    /// (TLS and h2c go through the upstream's shared client).
+    pub pool: Option<Arc<pool::Pool>>,
     /// Its share relative to the others.
     pub weight: u32,
     /// `false` while active health checks say it is down.
@@ -214,6 +220,16 @@ impl Endpoint {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// What goes before the path in a request's URI: nothing for a pooled
+    /// target (origin form), the base URL for the shared client.
+    pub fn uri_base(&self) -> &str {
+        if self.pool.is_some() {
+            ""
+        } else {
+            &self.base_url
+        }
+    }
 }
 
 /// A resolved upstream.
@@ -230,7 +246,7 @@ pub struct Upstream {
     retry_milli: AtomicI64,
     epoch: Instant,
     fingerprint: String,
-    /// The pooled client.
+    /// The shared client: TLS and h2c targets, and health checks.
     pub client: HttpClient,
 }
 
@@ -279,6 +295,17 @@ impl Upstream {
             .map(|(t, w)| Endpoint {
                 target: t.clone(),
                 base_url: t.base_url(),
+                pool: match t {
+                    Target::Http {
+                        tls: false,
+                        authority,
+                    } if !settings.h2c => Some(Arc::new(pool::Pool::new(
+                        authority,
+                        settings.connect_timeout,
+                        settings.idle_timeout,
+                    ))),
+                    _ => None,
+                },
                 weight: (*w).max(1),
                 healthy: AtomicBool::new(true),
                 ejected_until: AtomicU64::new(0),

@@ -45,7 +45,7 @@ use crate::snapshot::{Route, ServerSettings, Snapshot};
 use crate::telemetry::metrics::Exchange;
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
-use crate::upstream::{Target, echo};
+use crate::upstream::{Endpoint, Target, echo, pool};
 
 /// Request bodies up to this size are read whole before the upstream is
 /// asked for a place (nginx buffers 8-16 KiB in memory by default).
@@ -70,10 +70,14 @@ struct RequestCtx {
     started: Instant,
     http1: bool,
     method: Method,
-    /// The path as received, for logs when it cannot be normalised.
-    raw_path: String,
-    request_id: String,
+    /// The target as received, for logs when its path cannot be normalised
+    /// (a `Uri` clone shares its bytes; a `String` would copy them).
+    raw_uri: http::Uri,
+    /// Made once, sent upstream and back as it is.
+    request_id: HeaderValue,
     trace: TraceContext,
+    /// The access log is on: the record is worth filling in.
+    logging: bool,
     /// The access record, filled in as phases run.
     access: Access,
     /// The matched route (phase 3).
@@ -90,9 +94,10 @@ impl RequestCtx {
             started: Instant::now(),
             http1: req.version() < http::Version::HTTP_2,
             method: req.method().clone(),
-            raw_path: req.uri().path().to_string(),
+            raw_uri: req.uri().clone(),
             request_id: trace::request_id(req.headers()),
             trace: TraceContext::from_headers(req.headers()),
+            logging: tracing::enabled!(target: "weir::access", tracing::Level::INFO),
             access: Access::default(),
             route: None,
             body_unread: !req.body().is_end_stream(),
@@ -106,7 +111,9 @@ impl RequestCtx {
         let (mut parts, body) = req.into_parts();
         check_limits(&parts, server)?;
         let path = normalise(&parts, server)?;
-        self.access.path = Some(path.clone());
+        if self.logging {
+            self.access.path = Some(path.clone());
+        }
         let (route, authority) = self.route(&parts, &path)?;
         let upgrade = edge::websocket_upgrade(&parts)
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -159,10 +166,19 @@ impl RequestCtx {
     ) -> RequestState {
         let server = &self.snap.server;
         let client = edge_rules(parts, self.conn, authority.as_deref(), server);
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            parts.headers.insert(trace::REQUEST_ID, v);
-        }
+        parts
+            .headers
+            .insert(trace::REQUEST_ID, self.request_id.clone());
         self.trace.inject(&mut parts.headers);
+        // Only plugins read the variables: a route without any skips making them.
+        let vars = if route.chain.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                ("request_id".into(), self.request_id().to_string()),
+                ("trace_id".into(), self.trace.trace_id.clone()),
+            ]
+        };
         RequestState {
             method: parts.method.clone(),
             path,
@@ -177,10 +193,7 @@ impl RequestCtx {
             headers: std::mem::take(&mut parts.headers),
             client,
             route_id: route.id.clone(),
-            vars: vec![
-                ("request_id".into(), self.request_id.clone()),
-                ("trace_id".into(), self.trace.trace_id.clone()),
-            ],
+            vars,
             read_only: false,
         }
     }
@@ -337,8 +350,9 @@ impl RequestCtx {
             let may_retry = retry
                 && tried.len() < upstream.settings.retries as usize
                 && tried.len() + 1 < upstream.endpoints().len();
-            let mut uri = String::with_capacity(endpoint.base_url.len() + pq.len());
-            uri.push_str(&endpoint.base_url);
+            let base = endpoint.uri_base();
+            let mut uri = String::with_capacity(base.len() + pq.len());
+            uri.push_str(base);
             uri.push_str(&pq);
             let mut req = Request::builder()
                 .method(state.method.clone())
@@ -354,14 +368,7 @@ impl RequestCtx {
             };
 
             let sent = Instant::now();
-            let result = attempt(
-                upstream,
-                &endpoint.target,
-                req,
-                server,
-                client_done.as_deref(),
-            )
-            .await;
+            let result = attempt(upstream, endpoint, req, server, client_done.as_deref()).await;
             let took = sent.elapsed();
             self.access.upstream_time = Some(self.access.upstream_time.unwrap_or_default() + took);
             if let Some(m) = metrics {
@@ -391,7 +398,11 @@ impl RequestCtx {
     /// Answers an error of any phase; the log line's level follows whose fault it was.
     fn refuse(&mut self, e: GatewayError) -> Response<Body> {
         self.access.answered_by = Some("gateway".into());
-        let (peer, path, route) = (self.conn.peer, &self.raw_path, self.access.route.as_deref());
+        let (peer, path, route) = (
+            self.conn.peer,
+            self.raw_uri.path(),
+            self.access.route.as_deref(),
+        );
         match e.blame() {
             crate::error::Blame::Downstream => {
                 tracing::debug!(%peer, path, error = %e, "request refused")
@@ -401,7 +412,7 @@ impl RequestCtx {
                 tracing::debug!(%peer, path, route, error = %e, "request failed")
             }
             _ => {
-                tracing::warn!(%peer, path, route, request_id = self.request_id, error = %e, "request failed")
+                tracing::warn!(%peer, path, route, request_id = self.request_id(), error = %e, "request failed")
             }
         }
         let mut resp = e.to_response().map(body::full);
@@ -413,6 +424,11 @@ impl RequestCtx {
         resp
     }
 
+    /// The request id as text (it is visible ASCII by construction).
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
     /// Phase 7, **finish**: connection handling after an unread body, the
     /// request id on the answer, route metrics and the access record.
     fn finish(&self, mut resp: Response<Body>) -> Response<Body> {
@@ -422,9 +438,8 @@ impl RequestCtx {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            resp.headers_mut().insert(trace::REQUEST_ID, v);
-        }
+        resp.headers_mut()
+            .insert(trace::REQUEST_ID, self.request_id.clone());
         let elapsed = self.started.elapsed();
         self.route
             .as_ref()
@@ -434,9 +449,9 @@ impl RequestCtx {
         let bytes = resp.body().size_hint().exact();
         let info = RequestInfo {
             method: &self.method,
-            raw_path: &self.raw_path,
+            raw_path: self.raw_uri.path(),
             peer: self.conn.peer,
-            request_id: &self.request_id,
+            request_id: self.request_id(),
             trace_id: &self.trace.trace_id,
         };
         log_access(&info, &self.access, resp.status(), bytes, elapsed);
@@ -589,39 +604,55 @@ fn routed_authority(parts: &http::request::Parts) -> Result<Option<String>, Gate
 /// fault (408), not the target's.
 async fn attempt(
     upstream: &crate::upstream::Upstream,
-    target: &Target,
+    endpoint: &Endpoint,
     req: Request<Body>,
     server: &ServerSettings,
     client_done: Option<&AtomicBool>,
 ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
-    match target {
-        Target::Echo => echo::respond(req)
-            .await
-            .map(|r| (r, None))
-            .map_err(|e| classify(e, server, "builtin:echo")),
-        Target::Http { .. } => {
-            let timeout = upstream.settings.request_timeout;
+    let target = &endpoint.target;
+    let timeout = upstream.settings.request_timeout;
+    let timed_out = || {
+        if client_done.is_some_and(|d| !d.load(Ordering::Relaxed)) {
+            GatewayError::BodyTimeout(timeout)
+        } else {
+            GatewayError::UpstreamTimeout(timeout)
+        }
+    };
+    let resp = match (target, &endpoint.pool) {
+        (Target::Echo, _) => {
+            return echo::respond(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| classify(e, server, "builtin:echo"));
+        }
+        (_, Some(pool)) => match tokio::time::timeout(timeout, pool.send(req)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(pool::Error::Connect(e))) => {
+                return Err(GatewayError::UpstreamConnect(format!("{target}: {e}")));
+            }
+            Ok(Err(pool::Error::Exchange(e))) => {
+                return Err(classify(Box::new(e), server, &target.to_string()));
+            }
+            Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+        },
+        (Target::Http { .. }, None) => {
             match tokio::time::timeout(timeout, upstream.client.request(req)).await {
-                Err(_) if client_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
-                    Err(GatewayError::BodyTimeout(timeout))
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) if e.is_connect() => {
+                    return Err(GatewayError::UpstreamConnect(format!(
+                        "{target}: {}",
+                        crate::error::chain(&e)
+                    )));
                 }
-                Err(_) => Err(GatewayError::UpstreamTimeout(timeout)),
-                Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect(format!(
-                    "{target}: {}",
-                    crate::error::chain(&e)
-                ))),
-                Ok(Err(e)) => Err(classify(Box::new(e), server, &target.to_string())),
-                Ok(Ok(mut resp)) => {
-                    let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| hyper::upgrade::on(&mut resp));
-                    Ok((
-                        resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
-                        up,
-                    ))
-                }
+                Ok(Err(e)) => return Err(classify(Box::new(e), server, &target.to_string())),
+                Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
             }
         }
-    }
+    };
+    let mut resp = resp;
+    let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| hyper::upgrade::on(&mut resp));
+    Ok((resp, up))
 }
 
 /// A fail-closed plugin's failure, as the request's error.

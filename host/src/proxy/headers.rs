@@ -7,8 +7,9 @@ use http::header::{self, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual legacy ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual legacy ones). A
+/// static, not a const: a const array is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -59,9 +60,10 @@ pub fn set_forwarded(
     tls: bool,
     trusted: bool,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    let xfh = HeaderName::from_static("x-forwarded-host");
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let (xff, xfp, xfh) = (XFF, XFP, XFH);
     let ip = ip_text(client.ip());
     let chain = trusted
         .then(|| {
@@ -74,7 +76,8 @@ pub fn set_forwarded(
         })
         .flatten()
         .unwrap_or(ip);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    // The header takes the string's buffer: no second copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain.into_bytes())) {
         h.insert(xff, v);
     }
     if !(trusted && h.contains_key(&xfp)) {
@@ -83,12 +86,20 @@ pub fn set_forwarded(
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
     }
-    let host = authority.and_then(|a| HeaderValue::from_str(a).ok());
-    if let Some(v) = &host {
-        // The upstream sees the authority that was routed (HTTP/2 clients
-        // send `:authority`, not `Host`; upstreams expect `Host`).
-        h.insert(header::HOST, v.clone());
-    }
+    // Usually the authority came from `Host` itself: share that value, do not copy it.
+    let same = |v: &HeaderValue| authority.is_some_and(|a| v.as_bytes() == a.as_bytes());
+    let host = match h.get(header::HOST).filter(|v| same(v)) {
+        Some(v) => Some(v.clone()),
+        None => {
+            let host = authority.and_then(|a| HeaderValue::from_str(a).ok());
+            if let Some(v) = &host {
+                // The upstream sees the authority that was routed (HTTP/2 clients
+                // send `:authority`, not `Host`; upstreams expect `Host`).
+                h.insert(header::HOST, v.clone());
+            }
+            host
+        }
+    };
     if !(trusted && h.contains_key(&xfh)) {
         match host {
             Some(v) => {

@@ -19,14 +19,21 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Longest client-supplied request id kept; longer ones are replaced.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// The client's `X-Request-Id` if it is 1..=128 bytes of `[A-Za-z0-9._:+/=-]`, else a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
+/// The client's `X-Request-Id` if it is 1..=128 bytes of `[A-Za-z0-9._:+/=-]`,
+/// else a new one; as a header value, made once per request (the client's
+/// is shared rather than copied).
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_request_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| hex_id(&random_nonzero_u128().to_be_bytes()))
+        .filter(|v| v.to_str().is_ok_and(valid_request_id))
+        .cloned()
+        .unwrap_or_else(|| hex_value(hex_id(&random_nonzero_u128().to_be_bytes())))
+}
+
+/// A header value from hex text, without copying it.
+fn hex_value(hex: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(hex.into_bytes()))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn valid_request_id(v: &str) -> bool {
@@ -39,12 +46,16 @@ fn valid_request_id(v: &str) -> bool {
 /// lookup per nibble, not `format!` or a char-by-char collect.
 fn hex_id(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 15) as usize]);
+    // Written into a stack buffer, checked once and copied once.
+    let mut out = [0u8; 64];
+    let n = bytes.len().min(32);
+    for (i, b) in bytes[..n].iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 15) as usize];
     }
-    String::from_utf8(out).unwrap_or_default()
+    std::str::from_utf8(&out[..2 * n])
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn random_nonzero_u128() -> u128 {
@@ -114,7 +125,10 @@ impl TraceContext {
 
     /// Replaces the trace headers in `headers` with this hop's.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.traceparent()) {
+        // The header takes the string's buffer: no second copy.
+        if let Ok(v) =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(self.traceparent().into_bytes()))
+        {
             headers.insert(TRACEPARENT, v);
         }
         match &self.state {
@@ -220,9 +234,10 @@ mod tests {
     fn request_ids_are_kept_when_sane_and_generated_otherwise() {
         let keep = headers(&[("x-request-id", "req-123.abc")]);
         assert_eq!(request_id(&keep), "req-123.abc");
+        let id = |h: &HeaderMap| request_id(h).to_str().unwrap().to_string();
         let long = "a".repeat(MAX_REQUEST_ID + 1);
         for bad in ["", "has space", "semi;colon", long.as_str()] {
-            let id = request_id(&headers(&[("x-request-id", bad)]));
+            let id = id(&headers(&[("x-request-id", bad)]));
             assert!(is_hex(&id, 32), "{bad:?} -> {id}");
         }
         let a = request_id(&HeaderMap::new());
