@@ -235,7 +235,15 @@ async fn a_reply_with_a_huge_body_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_flooding_the_host_with_data_is_cut_by_the_transfer_limit() {
-    contained("rflood", "reply-flood", "", "transfer_limit").await;
+    // A long deadline: on a loaded machine, building the flood must not hit
+    // the CPU deadline first (that would be counted as `cpu_deadline`).
+    contained(
+        "rflood",
+        "reply-flood",
+        "cpu_deadline = \"900ms\"",
+        "transfer_limit",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

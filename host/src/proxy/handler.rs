@@ -186,7 +186,7 @@ impl RequestCtx {
             raw_path: if route.chain.is_empty() {
                 String::new()
             } else {
-                self.raw_path.clone()
+                self.raw_uri.path().to_string()
             },
             query: parts.uri.query().map(str::to_string),
             authority,
