@@ -36,7 +36,8 @@ pub struct Failed {
 /// - each plugin's instance is leased on its first hook and kept for the
 ///   request (`self` in `on-response` is the `self` of `on-request`), then
 ///   returned to the pool when the chain is dropped, or dropped with
-///   `isolation = "request"`, or at once after a failure;
+///   `isolation = "request"`, or at once after a failure; a plugin with no
+///   response hook gives it back right after `on-request`;
 /// - a fail-open plugin that fails is skipped with its edits undone;
 /// - a `respond` skips the rest of the request hooks (and the upstream);
 /// - response hooks run for the plugins the request reached, in reverse;
@@ -97,6 +98,11 @@ impl<'a> Chain<'a> {
                 Ok((back, outcome)) => {
                     state = back;
                     self.ran.push(i);
+                    // No response hook to run on it: back to the pool now, not at the
+                    // end of the request, so fewer instances (and less cache) are in use.
+                    if !plugin.wants_response() {
+                        plugin.release(std::mem::take(&mut self.leases[i]));
+                    }
                     if let Outcome::Respond {
                         status,
                         headers,
