@@ -227,10 +227,11 @@ pub mod metrics {
 ///
 /// One value of the type lives in each sandboxed instance and, unless the
 /// route sets `isolation = "request"`, serves many requests one at a time.
-/// A request's `on_request` and `on_response` run on the same instance with
-/// no other request in between, so `self` may carry what `on_request` found
-/// to `on_response` (set it afresh in every `on_request`). Keep state that
-/// all instances must agree on in [`state`].
+/// With [`Hooks::SAME_INSTANCE`] (in the default [`Plugin::hooks`]) a
+/// request's `on_request` and `on_response` run on the same instance with no
+/// other request in between, so `self` may carry what `on_request` found to
+/// `on_response` (set it afresh in every `on_request`). Keep state that all
+/// instances must agree on in [`state`].
 pub trait Plugin: Sized + 'static {
     /// The per-route config, decoded from the manifest's TOML table.
     type Config: serde::de::DeserializeOwned;
@@ -241,11 +242,14 @@ pub trait Plugin: Sized + 'static {
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// The hooks the gateway calls on this route, asked once after
-    /// [`Plugin::new`]. The default is both; a filter with nothing to do on
-    /// responses (with this config) returns [`Hooks::ON_REQUEST`], and the
-    /// gateway then skips that hook call on every request.
+    /// [`Plugin::new`]. The default is both hooks on the same instance. A
+    /// filter with nothing to do on responses (with this config) returns
+    /// [`Hooks::ON_REQUEST`], and the gateway skips that hook call on every
+    /// request; one whose `on_response` needs nothing from its own
+    /// `on_request` leaves out [`Hooks::SAME_INSTANCE`], and fewer instances
+    /// are live under load.
     fn hooks(&self) -> Hooks {
-        Hooks::ON_REQUEST | Hooks::ON_RESPONSE
+        Hooks::ON_REQUEST | Hooks::ON_RESPONSE | Hooks::SAME_INSTANCE
     }
 
     /// Runs for each request, in the route's plugin order. The default

@@ -33,11 +33,10 @@ pub struct Failed {
 
 /// A route's chain as one request runs it.
 ///
-/// - each plugin's instance is leased on its first hook and kept for the
-///   request (`self` in `on-response` is the `self` of `on-request`), then
-///   returned to the pool when the chain is dropped, or dropped with
-///   `isolation = "request"`, or at once after a failure; a plugin with no
-///   response hook gives it back right after `on-request`;
+/// - each plugin's instance is leased for a hook call; a plugin that asked for
+///   `same-instance` keeps it for the request (`self` in `on-response` is the
+///   `self` of `on-request`); a lease is returned to the pool, or dropped with
+///   `isolation = "request"`, or at once after a failure;
 /// - a fail-open plugin that fails is skipped with its edits undone;
 /// - a `respond` skips the rest of the request hooks (and the upstream);
 /// - response hooks run for the plugins the request reached, in reverse;
@@ -98,9 +97,9 @@ impl<'a> Chain<'a> {
                 Ok((back, outcome)) => {
                     state = back;
                     self.ran.push(i);
-                    // No response hook to run on it: back to the pool now, not at the
-                    // end of the request, so fewer instances (and less cache) are in use.
-                    if !plugin.wants_response() {
+                    // Not needed again on this instance: back to the pool now, not at
+                    // the end of the request, so fewer instances are live under load.
+                    if !plugin.keeps_instance() {
                         plugin.release(std::mem::take(&mut self.leases[i]));
                     }
                     if let Outcome::Respond {

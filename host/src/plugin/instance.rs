@@ -320,6 +320,11 @@ impl ChainPlugin {
         self.hooks.contains(Hooks::ON_RESPONSE)
     }
 
+    /// Whether a request keeps its instance from `on-request` to `on-response`.
+    pub fn keeps_instance(&self) -> bool {
+        self.wants_response() && self.hooks.contains(Hooks::SAME_INSTANCE)
+    }
+
     /// Failures of this plugin on this route since it was loaded.
     pub fn failures(&self) -> u64 {
         self.failures

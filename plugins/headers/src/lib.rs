@@ -347,7 +347,8 @@ impl Plugin for HeadersFilter {
     }
 
     fn hooks(&self) -> Hooks {
-        // A direction with no edits costs no hook call.
+        // A direction with no edits costs no hook call; `on_response` reads the
+        // request, not `self`, so no `SAME_INSTANCE`: fewer live instances.
         let mut hooks = Hooks::empty();
         if !self.request.is_empty() {
             hooks = hooks | Hooks::ON_REQUEST;

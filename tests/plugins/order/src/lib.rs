@@ -33,7 +33,7 @@ impl Plugin for Order {
         match self.0.hooks.as_deref() {
             Some("request") => Hooks::ON_REQUEST,
             Some("response") => Hooks::ON_RESPONSE,
-            _ => Hooks::ON_REQUEST | Hooks::ON_RESPONSE,
+            _ => Hooks::ON_REQUEST | Hooks::ON_RESPONSE | Hooks::SAME_INSTANCE,
         }
     }
 
