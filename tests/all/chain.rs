@@ -51,6 +51,40 @@ async fn a_hook_a_plugin_did_not_ask_for_is_never_called() {
 }
 
 #[tokio::test]
+async fn only_a_plugin_that_asks_keeps_its_instance_from_request_to_response() {
+    let up = Upstream::start("u").await;
+    // With `isolation = "request"` an instance lives one lease: what its
+    // `on-response` saw of `on-request` shows whether the lease spanned both.
+    let manifest = |hooks: &str| {
+        format!(
+            "[plugins.order]\npath = \"{}\"\nisolation = \"request\"\n\n[[routes]]\nid = \"si\"\nprefix = \"/\"\nupstream = \"{}\"\n\
+             [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"a\"{hooks} }}\n",
+            plugin("test_order"),
+            up.url()
+        )
+    };
+    let gw = TestGateway::start(&manifest("")).await;
+    let r = gw.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-seen"),
+        Some("1"),
+        "same-instance (the SDK default): on-response runs where on-request ran"
+    );
+    drop(gw);
+
+    let gw = TestGateway::start(&manifest(", hooks = \"both\"")).await;
+    let r = gw.get("/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_all("x-resp-order"), ["a"], "both hooks still run");
+    assert_eq!(
+        r.header("x-seen"),
+        Some("0"),
+        "without same-instance the instance is released between the hooks"
+    );
+}
+
+#[tokio::test]
 async fn a_plugin_reads_the_path_as_the_client_sent_it() {
     let up = Upstream::start("u").await;
     let manifest = format!(
