@@ -223,11 +223,7 @@ fn report(
         .map(|(capability, names)| ImportGroup {
             capability,
             allowed: capability.allowed(),
-            effect: if capability == Capability::Weir {
-                Capability::weir_effect(&names)
-            } else {
-                capability.effect(&policy.grants)
-            },
+            effect: capability.effect(&policy.grants, &names),
             names,
         })
         .collect();

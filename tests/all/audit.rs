@@ -117,9 +117,8 @@ async fn a_plugin_built_for_wit_0_1_is_refused_with_how_to_rebuild() {
     );
 
     // The gateway refuses it the same way, naming the manifest line.
-    let dir = std::env::temp_dir().join(format!("weir-old-wit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("gateway.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("gateway.toml");
     std::fs::write(
         &manifest,
         format!(
@@ -130,7 +129,6 @@ async fn a_plugin_built_for_wit_0_1_is_refused_with_how_to_rebuild() {
     let err = weir::check(&manifest).await.unwrap_err().to_string();
     assert!(err.contains("gateway.toml:2:"), "{err}");
     assert!(err.contains("built for weir:plugin@0.1.0"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]

@@ -31,16 +31,32 @@ async fn request_hooks_run_in_order_and_response_hooks_in_reverse() {
     assert_eq!(r.header_all("x-resp-order"), ["c", "b", "a"]);
 }
 
+/// One route `r` to `upstream` chaining the order plugin once per config
+/// (the inside of `config = { ... }`); `plugin_keys` go in `[plugins.order]`.
+fn order_route(upstream: &str, plugin_keys: &str, configs: &[&str]) -> String {
+    let mut m = format!(
+        "[plugins.order]\npath = \"{}\"\n{plugin_keys}\n[[routes]]\nid = \"r\"\nprefix = \"/\"\nupstream = \"{upstream}\"\n",
+        plugin("test_order")
+    );
+    for config in configs {
+        m.push_str(&format!(
+            "[[routes.plugins]]\nname = \"order\"\nconfig = {{ {config} }}\n"
+        ));
+    }
+    m
+}
+
 #[tokio::test]
 async fn a_hook_a_plugin_did_not_ask_for_is_never_called() {
     let up = Upstream::start("u").await;
-    let manifest = format!(
-        "[plugins.order]\npath = \"{}\"\n\n[[routes]]\nid = \"chain\"\nprefix = \"/\"\nupstream = \"{}\"\n\
-         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"req-only\", hooks = \"request\" }}\n\
-         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"resp-only\", hooks = \"response\" }}\n\
-         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"both\" }}\n",
-        plugin("test_order"),
-        up.url()
+    let manifest = order_route(
+        &up.url(),
+        "",
+        &[
+            r#"tag = "req-only", hooks = "request""#,
+            r#"tag = "resp-only", hooks = "response""#,
+            r#"tag = "both""#,
+        ],
     );
     let gw = TestGateway::start(&manifest).await;
     let r = gw.get("/x").await;
@@ -55,15 +71,8 @@ async fn only_a_plugin_that_asks_keeps_its_instance_from_request_to_response() {
     let up = Upstream::start("u").await;
     // With `isolation = "request"` an instance lives one lease: what its
     // `on-response` saw of `on-request` shows whether the lease spanned both.
-    let manifest = |hooks: &str| {
-        format!(
-            "[plugins.order]\npath = \"{}\"\nisolation = \"request\"\n\n[[routes]]\nid = \"si\"\nprefix = \"/\"\nupstream = \"{}\"\n\
-             [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"a\"{hooks} }}\n",
-            plugin("test_order"),
-            up.url()
-        )
-    };
-    let gw = TestGateway::start(&manifest("")).await;
+    let manifest = |config: &str| order_route(&up.url(), "isolation = \"request\"", &[config]);
+    let gw = TestGateway::start(&manifest(r#"tag = "a""#)).await;
     let r = gw.get("/x").await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -73,7 +82,7 @@ async fn only_a_plugin_that_asks_keeps_its_instance_from_request_to_response() {
     );
     drop(gw);
 
-    let gw = TestGateway::start(&manifest(", hooks = \"both\"")).await;
+    let gw = TestGateway::start(&manifest(r#"tag = "a", hooks = "both""#)).await;
     let r = gw.get("/x").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header_all("x-resp-order"), ["a"], "both hooks still run");
@@ -87,12 +96,7 @@ async fn only_a_plugin_that_asks_keeps_its_instance_from_request_to_response() {
 #[tokio::test]
 async fn a_plugin_reads_the_path_as_the_client_sent_it() {
     let up = Upstream::start("u").await;
-    let manifest = format!(
-        "[plugins.order]\npath = \"{}\"\n\n[[routes]]\nid = \"raw\"\nprefix = \"/\"\nupstream = \"{}\"\n\
-         [[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"a\", raw_path = true }}\n",
-        plugin("test_order"),
-        up.url()
-    );
+    let manifest = order_route(&up.url(), "", &[r#"tag = "a", raw_path = true"#]);
     let gw = TestGateway::start(&manifest).await;
     let r = gw.get("/a/./b//c/%7Ex?q=1").await;
     assert_eq!(r.status, 200);

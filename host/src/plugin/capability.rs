@@ -89,9 +89,9 @@ impl Capability {
         !matches!(self, Capability::Network | Capability::Other)
     }
 
-    /// What a plugin may do through the gateway API, from the `weir:plugin`
+    /// What the gateway API lets a plugin do, from the `weir:plugin`
     /// interfaces it imports (each interface is one kind of access).
-    pub fn weir_effect(imports: &[String]) -> String {
+    fn weir_effect(imports: &[String]) -> String {
         let does: Vec<&str> = imports
             .iter()
             .filter_map(|i| i.strip_prefix("weir:plugin/"))
@@ -111,11 +111,11 @@ impl Capability {
         does.join("; ")
     }
 
-    /// What a plugin actually gets, given its grants.
-    pub fn effect(self, grants: &super::Grants) -> String {
+    /// What a plugin actually gets from `imports` (of this capability), given its grants.
+    pub fn effect(self, grants: &super::Grants, imports: &[String]) -> String {
         use crate::config::Stdio as S;
         match self {
-            Capability::Weir => "the gateway API (see `weir_effect`)".into(),
+            Capability::Weir => Self::weir_effect(imports),
             Capability::Environment if grants.env_names.is_empty() => {
                 "empty environment, no arguments".into()
             }

@@ -226,7 +226,7 @@ impl HostRequest for HostState {
         Ok(self.req(&r)?.authority.clone())
     }
     fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(addr_string(self.req(&r)?.client))
+        Ok(crate::net::addr_text(self.req(&r)?.client))
     }
     fn route_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
         Ok(self.req(&r)?.route_id.to_string())
@@ -467,39 +467,6 @@ impl edit_response::Host for HostState {
     }
 }
 
-/// `ip:port` as `SocketAddr`'s `Display` writes it, without the formatter for IPv4.
-fn addr_string(a: SocketAddr) -> String {
-    match a {
-        SocketAddr::V4(v4) => {
-            let mut s = String::with_capacity(21);
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                push_u32(&mut s, u32::from(*o));
-            }
-            s.push(':');
-            push_u32(&mut s, u32::from(v4.port()));
-            s
-        }
-        SocketAddr::V6(_) => a.to_string(),
-    }
-}
-
-fn push_u32(s: &mut String, mut n: u32) {
-    let mut buf = [0u8; 10];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.extend(buf[i..].iter().map(|&b| char::from(b)));
-}
-
 /// Checks a filter's early reply against the plugin's limits and turns it
 /// into status, headers and body.
 pub(crate) fn reply_parts(
@@ -534,22 +501,4 @@ pub(crate) fn reply_parts(
         })?;
     }
     Ok((status, headers, reply.body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::addr_string;
-
-    #[test]
-    fn addresses_print_as_display_does() {
-        for a in [
-            "127.0.0.1:40000",
-            "0.0.0.0:0",
-            "255.255.255.255:65535",
-            "[::1]:8080",
-        ] {
-            let addr: std::net::SocketAddr = a.parse().unwrap();
-            assert_eq!(addr_string(addr), addr.to_string());
-        }
-    }
 }
