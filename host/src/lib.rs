@@ -33,8 +33,10 @@
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod cases;
 pub mod config;
 pub mod error;
+pub mod lint;
 mod net;
 pub mod path;
 pub mod plugin;
@@ -261,4 +263,14 @@ pub async fn check(manifest: &Path) -> Result<Arc<Snapshot>, ConfigErrors> {
     Snapshot::load(manifest, Runtime::global(), &Arc::new(Metrics::new()))
         .await
         .map(Arc::new)
+}
+
+/// [`check`], plus the policy conflicts of a manifest that loads ([`lint`]).
+pub async fn check_with_warnings(
+    manifest: &Path,
+) -> Result<(Arc<Snapshot>, Vec<lint::Warning>), ConfigErrors> {
+    let m = Manifest::load(manifest)?;
+    let snap = Snapshot::from_manifest(&m, Runtime::global(), &Arc::new(Metrics::new())).await?;
+    let warnings = lint::lint(&m, &snap);
+    Ok((Arc::new(snap), warnings))
 }

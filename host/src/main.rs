@@ -31,10 +31,26 @@ enum Command {
         no_watch: bool,
     },
     /// Load a manifest and every plugin and config it references, then exit:
-    /// 0 when it would run, 1 with every error found.
+    /// 0 when it would run, 1 with every error found. Policy conflicts
+    /// (shadowed routes, a route missing its siblings' authentication...)
+    /// are printed as warnings.
     Check {
         /// Path to the manifest (TOML).
         manifest: PathBuf,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Run policy test cases (requests and what must come of them) against
+    /// a manifest's real routes and plugins, in-process, with a stub
+    /// upstream: 0 when every case passes, 1 when one fails, 2 when the
+    /// cases cannot run.
+    Test {
+        /// Path to the cases file (TOML).
+        cases: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Report what plugins are and may do: sha256, size, WIT world, imports
     /// by capability, exports, producers; given a manifest, also the limits,
@@ -52,9 +68,16 @@ enum Command {
 /// not parse logs with the defaults; loading it again reports the error.
 fn log_settings(cli: &Cli) -> LogSettings {
     let manifest = match &cli.command {
-        Command::Run { manifest, .. } | Command::Check { manifest } => Some(manifest),
+        Command::Run { manifest, .. } | Command::Check { manifest, .. } => Some(manifest),
         // `audit` takes a manifest or a plugin file; it logs with the defaults.
         Command::Audit { .. } => None,
+        // The report is the output; the gateway's own lines only for problems.
+        Command::Test { .. } => {
+            return LogSettings {
+                format: cli.log_format.unwrap_or_default(),
+                level: Some("warn,weir::access=off".into()),
+            };
+        }
     };
     let from_file = manifest
         .and_then(|m| Manifest::load(m).ok())
@@ -86,22 +109,10 @@ fn main() -> ExitCode {
     };
     rt.block_on(async {
         match cli.command {
-            Command::Check { manifest } => match weir::check(&manifest).await {
-                Ok(snap) => {
-                    println!(
-                        "{}: ok ({} routes, {} plugins, loaded in {:?})",
-                        manifest.display(),
-                        snap.routes.len(),
-                        snap.plugins.len(),
-                        snap.load_time
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    ExitCode::FAILURE
-                }
-            },
+            Command::Check {
+                manifest,
+                deny_warnings,
+            } => check(&manifest, deny_warnings).await,
             Command::Audit { path, json } => match weir::audit::audit(&path).await {
                 Ok(report) => {
                     if json {
@@ -128,6 +139,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Command::Test { cases, json } => test(&cases, json).await,
             Command::Run { manifest, no_watch } => match run(manifest, !no_watch).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -137,6 +149,63 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+/// `weir check`: errors fail; warnings print, and fail with `--deny-warnings`.
+async fn check(manifest: &std::path::Path, deny_warnings: bool) -> ExitCode {
+    match weir::check_with_warnings(manifest).await {
+        Ok((snap, warnings)) => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            let verdict = match warnings.len() {
+                0 => "ok".to_string(),
+                1 => "ok, 1 warning".to_string(),
+                n => format!("ok, {n} warnings"),
+            };
+            println!(
+                "{}: {verdict} ({} routes, {} plugins, loaded in {:?})",
+                manifest.display(),
+                snap.routes.len(),
+                snap.plugins.len(),
+                snap.load_time
+            );
+            if deny_warnings && !warnings.is_empty() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `weir test`: 0 when every case passes, 1 when one fails, 2 when they cannot run.
+async fn test(cases: &std::path::Path, json: bool) -> ExitCode {
+    match weir::cases::run(cases).await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn run(manifest: PathBuf, watch: bool) -> anyhow::Result<()> {

@@ -64,6 +64,12 @@ impl Runtime {
         RUNTIME.get_or_init(|| Arc::new(Runtime::new().expect("cannot create the wasmtime engine")))
     }
 
+    /// Forgets every plugin's host state (counters, buckets): `weir test`
+    /// runs each case from empty state.
+    pub fn clear_state(&self) {
+        self.shared.clear();
+    }
+
     fn new() -> wasmtime::Result<Runtime> {
         // Live instances at once, all plugins together; each slot reserves a
         // linear memory's address space. `WEIR_POOL_SLOTS` sizes it for

@@ -3,6 +3,7 @@
 //! [`handler`]).
 
 mod handler;
+pub use handler::{Observed, RequestBody, handle, handle_observed};
 pub mod headers;
 pub mod tls;
 

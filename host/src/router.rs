@@ -17,7 +17,8 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    /// Whether `path` (normalised) matches.
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => {

@@ -206,6 +206,16 @@ impl Snapshot {
         Self::resolve(&manifest, runtime, metrics, previous, started).await
     }
 
+    /// Resolves an already parsed (and possibly adjusted) manifest: `weir
+    /// test` points its upstreams at a stub before loading.
+    pub async fn from_manifest(
+        m: &Manifest,
+        runtime: &Arc<Runtime>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Snapshot, ConfigErrors> {
+        Self::resolve(m, runtime, metrics, None, Instant::now()).await
+    }
+
     /// The phases of a load, in order; every error is collected, so one
     /// `weir check` reports them all.
     async fn resolve(

@@ -322,3 +322,110 @@ fn plugins_still_load_when_the_instance_pool_cannot_be_reserved() {
         "{stderr}"
     );
 }
+
+#[test]
+fn test_runs_the_policy_example_cases_and_passes() {
+    let out = weir()
+        .arg("test")
+        .arg(repo("examples/policy-tests/cases.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok      the free plan allows two orders a minute"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn test_prints_what_differed_and_exits_1() {
+    let dir = tempfile_dir();
+    let cases = dir.join("cases.toml");
+    let manifest = repo("examples/policy-tests/gateway.toml");
+    std::fs::write(
+        &cases,
+        format!(
+            r#"
+manifest = "{}"
+
+[[case]]
+name = "orders are open to all"
+request = {{ target = "/api/orders" }}
+expect = {{ status = 200, headers = {{ www-authenticate = "none" }}, upstream = {{ headers = {{ x-consumer = "anyone" }} }} }}
+
+[[case]]
+name = "health answers"
+request = {{ target = "/health" }}
+expect.status = 200
+"#,
+            manifest.display()
+        ),
+    )
+    .unwrap();
+    let out = weir().arg("test").arg(&cases).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "FAILED  orders are open to all",
+        "request: status: expected 200, got 401",
+        r#"request: header www-authenticate: expected "none", got "ApiKey realm=\"weir\"""#,
+        "request: upstream: expected to be called, got no request",
+        "ok      health answers",
+        "1 passed, 1 failed",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+
+    let out = weir()
+        .args(["test", "--json"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"], 1);
+    assert_eq!(report["cases"][0]["failures"][0]["what"], "status");
+    assert_eq!(report["cases"][0]["failures"][0]["got"], "401");
+    assert_eq!(report["cases"][1]["passed"], true);
+}
+
+#[test]
+fn test_refuses_a_malformed_cases_file_with_its_line_and_exits_2() {
+    let dir = tempfile_dir();
+    let cases = dir.join("cases.toml");
+    std::fs::write(
+        &cases,
+        "manifest = \"gateway.toml\"\n\n[[case]]\nname = \"x\"\nrequest = { target = \"/\" }\nexpect = { stauts = 200 }\n",
+    )
+    .unwrap();
+    let out = weir().arg("test").arg(&cases).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cases.toml:6:"), "{stderr}");
+    assert!(stderr.contains("unknown field `stauts`"), "{stderr}");
+}
+
+#[test]
+fn check_prints_conflicts_as_warnings_and_fails_on_them_when_denied() {
+    let manifest = repo("tests/fixtures/lint/plugin-twice.toml");
+    let out = weir().arg("check").arg(&manifest).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plugin-twice.toml:13:1: warning: plugin `key-auth` is listed twice"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 warning"));
+    let out = weir()
+        .args(["check", "--deny-warnings"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

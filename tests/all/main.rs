@@ -17,6 +17,7 @@ mod hot_swap;
 mod observability;
 mod plugins;
 mod proxying;
+mod quotas;
 mod routing;
 mod sandbox;
 mod state;

@@ -29,11 +29,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use super::ConnInfo;
 use super::headers::{self as edge, set_forwarded, strip_hop_by_hop};
@@ -51,14 +51,59 @@ use crate::upstream::{Endpoint, Target, echo, pool};
 /// asked for a place (nginx buffers 8-16 KiB in memory by default).
 const UPLOAD_BUFFER: usize = 64 * 1024;
 
+/// A request body the phases can read: hyper's `Incoming` when serving, a
+/// buffered body when `weir test` runs a case in-process.
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static
+{
+}
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static
+{
+}
+
 /// Handles one request against `snap`; never fails: errors become responses.
-pub async fn handle(snap: Arc<Snapshot>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle<B: RequestBody>(
+    snap: Arc<Snapshot>,
+    req: Request<B>,
+    conn: ConnInfo,
+) -> Response<Body> {
     let mut ctx = RequestCtx::new(snap, &req, conn);
     let resp = match ctx.proxy(req).await {
         Ok(resp) => resp,
         Err(e) => ctx.refuse(e),
     };
     ctx.finish(resp)
+}
+
+/// What a request's phases decided, beside the response: for `weir test`.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The matched route's id.
+    pub route: Option<Arc<str>>,
+    /// Who answered when the upstream did not: a plugin's name or `gateway`.
+    pub answered_by: Option<Arc<str>>,
+    /// The request variables after the request chain.
+    pub vars: Vec<(String, String)>,
+}
+
+/// [`handle`], also returning what the phases decided.
+pub async fn handle_observed<B: RequestBody>(
+    snap: Arc<Snapshot>,
+    req: Request<B>,
+    conn: ConnInfo,
+) -> (Response<Body>, Observed) {
+    let mut ctx = RequestCtx::new(snap, &req, conn);
+    ctx.observed = Some(Observed::default());
+    let resp = match ctx.proxy(req).await {
+        Ok(resp) => resp,
+        Err(e) => ctx.refuse(e),
+    };
+    let resp = ctx.finish(resp);
+    let mut observed = ctx.observed.take().unwrap_or_default();
+    observed.route = ctx.route.as_ref().map(|r| r.id.clone());
+    observed.answered_by = ctx.access.answered_by.clone();
+    (resp, observed)
 }
 
 /// What one request carries through its phases; each phase reads it and
@@ -84,10 +129,12 @@ struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The client sent a body that nothing has read yet.
     body_unread: bool,
+    /// Filled in for [`handle_observed`] only.
+    observed: Option<Observed>,
 }
 
 impl RequestCtx {
-    fn new(snap: Arc<Snapshot>, req: &Request<Incoming>, conn: ConnInfo) -> RequestCtx {
+    fn new<B: RequestBody>(snap: Arc<Snapshot>, req: &Request<B>, conn: ConnInfo) -> RequestCtx {
         RequestCtx {
             snap,
             conn,
@@ -101,11 +148,15 @@ impl RequestCtx {
             access: Access::default(),
             route: None,
             body_unread: !req.body().is_end_stream(),
+            observed: None,
         }
     }
 
     /// The phases, in order; an error from any of them is answered by [`RequestCtx::refuse`].
-    async fn proxy(&mut self, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    async fn proxy<B: RequestBody>(
+        &mut self,
+        req: Request<B>,
+    ) -> Result<Response<Body>, GatewayError> {
         let snap = self.snap.clone();
         let server = &snap.server;
         let (mut parts, body) = req.into_parts();
@@ -121,6 +172,9 @@ impl RequestCtx {
 
         let mut chain = Chain::new(&route.chain);
         let (mut state, early) = self.request_chain(&mut chain, state).await?;
+        if let Some(o) = &mut self.observed {
+            o.vars.clone_from(&state.vars);
+        }
         let (answer, tunnel) = match early {
             Some(early) => (Answer::early(early), None),
             None => self.upstream(&route, &mut state, body, upgrade).await?,
@@ -222,11 +276,11 @@ impl RequestCtx {
     /// Phase 5, **upstream**: the body read (small ones whole first),
     /// admission under `max_requests`, then attempts on targets picked by the
     /// upstream's balancing until one answers or the retry policy says stop.
-    async fn upstream(
+    async fn upstream<B: RequestBody>(
         &mut self,
         route: &Route,
         state: &mut RequestState,
-        body: Incoming,
+        body: B,
         upgrade: Option<Option<hyper::upgrade::OnUpgrade>>,
     ) -> Result<(Answer, Option<Tunnel>), GatewayError> {
         let upgrading = upgrade.is_some();
@@ -296,11 +350,11 @@ impl RequestCtx {
     /// the upstream's balancing, retried on another target while the error is
     /// retryable, the request can be sent again and the budget allows.
     /// Passive health is reported per attempt.
-    async fn forward(
+    async fn forward<B: RequestBody>(
         &mut self,
         route: &Route,
         state: &mut RequestState,
-        body: Incoming,
+        body: B,
         upgrading: bool,
     ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
         let server = &self.snap.server;

@@ -5,13 +5,16 @@
 //! bucket holds `burst` tokens and refills at `rate` per `per`. Buckets live
 //! in the host's shared state, so every instance of the plugin counts against
 //! the same buckets. A request finding the bucket empty gets a `429` with
-//! `retry-after` and `ratelimit-*` headers; allowed responses carry
-//! `ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset`.
+//! `retry-after` and the IETF draft's `ratelimit-policy` and `ratelimit`
+//! headers; allowed responses carry them too. With `plans`, each consumer
+//! gets the limits of its plan (`free`, `pro`...).
 //! See `README.md` for the config reference.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
-use weir_sdk::state::{Bucket, TakeResult, take};
+use weir_sdk::state::{Bucket, take};
 use weir_sdk::{Action, Header, Plugin, Request, Response, check_header_name, reply};
 
 /// The route's config table. Numbers are signed so that a bad value gets a
@@ -19,8 +22,9 @@ use weir_sdk::{Action, Header, Plugin, Request, Response, check_header_name, rep
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Tokens added per `per`.
-    pub rate: i64,
+    /// Tokens added per `per`; required unless `plans` is given.
+    #[serde(default)]
+    pub rate: Option<i64>,
     /// The refill period, e.g. `"1s"`, `"500ms"`, `"1m"`, `"1h"`.
     #[serde(default = "default_per")]
     pub per: String,
@@ -33,6 +37,39 @@ pub struct Config {
     /// Status of the refusal.
     #[serde(default = "default_status")]
     pub status: i64,
+    /// Named limits, one per plan: `{ free = { rate = 100, per = "1m" }, ... }`.
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanConfig>,
+    /// Where a request's plan name comes from: `var:<name>` or `header:<name>`.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Consumer (the value `key` selects) to plan name.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, String>,
+    /// The plan of a request that names none (or an unknown one); required with `plans`.
+    #[serde(default)]
+    pub default_plan: Option<String>,
+    /// Also send the older `ratelimit-limit`, `-remaining` and `-reset` headers.
+    #[serde(default = "yes")]
+    pub legacy_headers: bool,
+}
+
+/// One plan's limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Tokens added per `per`.
+    pub rate: i64,
+    /// The refill period.
+    #[serde(default = "default_per")]
+    pub per: String,
+    /// Bucket capacity; defaults to `rate`.
+    #[serde(default)]
+    pub burst: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_per() -> String {
@@ -178,21 +215,84 @@ fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, String> {
 const VAR_LIMIT: &str = "ratelimit.limit";
 const VAR_REMAINING: &str = "ratelimit.remaining";
 const VAR_RESET: &str = "ratelimit.reset";
+const VAR_POLICY: &str = "ratelimit.policy";
+
+/// One limit: a bucket shape and the header values that describe it.
+#[derive(Debug)]
+struct Limit {
+    bucket: Bucket,
+    /// Identifies the limit inside bucket keys.
+    policy: String,
+    /// `burst`, for the legacy `ratelimit-limit`.
+    limit: String,
+    /// The policy's name in the draft headers (the plan's, or `default`).
+    name: String,
+    /// `"<name>";q=<burst>;w=<per in s>`.
+    policy_header: String,
+}
+
+impl Limit {
+    fn new(
+        field: &str,
+        name: &str,
+        rate: i64,
+        per: &str,
+        burst: Option<i64>,
+    ) -> Result<Self, String> {
+        let max = i64::from(u32::MAX);
+        let rate = in_range(&format!("{field}rate"), rate, 1, max)?;
+        let per_ms = parse_duration_ms(per).map_err(|e| format!("{field}per: {e}"))?;
+        let burst = in_range(&format!("{field}burst"), burst.unwrap_or(rate), 1, max)?;
+        Ok(Limit {
+            bucket: Bucket {
+                capacity: burst as u32,
+                refill_per_sec: rate as f64 * 1000.0 / per_ms as f64,
+            },
+            policy: if field.is_empty() {
+                format!("{rate}/{per_ms}ms/{burst}")
+            } else {
+                // The plan's name keeps two plans of the same shape apart.
+                format!("{name}={rate}/{per_ms}ms/{burst}")
+            },
+            limit: burst.to_string(),
+            name: name.to_owned(),
+            policy_header: format!("\"{name}\";q={burst};w={}", ceil_secs(per_ms).max(1)),
+        })
+    }
+}
+
+/// Plan selection, when the config has `plans`.
+#[derive(Debug)]
+struct Plans {
+    /// Where the plan name is read, if anywhere.
+    source: Option<KeySource>,
+    /// Plan name to index in `RateLimit::limits`.
+    by_name: BTreeMap<String, usize>,
+    /// Consumer to index.
+    consumers: BTreeMap<String, usize>,
+    default: usize,
+}
+
+/// What `on_request` decided, for `on_response`.
+#[derive(Debug)]
+struct Outcome {
+    limit: usize,
+    remaining: String,
+    reset: String,
+}
 
 /// The filter, built once per instance from a validated [`Config`].
 #[derive(Debug)]
 pub struct RateLimit {
     key: KeySource,
-    bucket: Bucket,
     status: u16,
-    /// Identifies the limit inside bucket keys.
-    policy: String,
-    /// Precomputed header values.
-    limit: String,
-    policy_header: String,
-    /// This request's `ratelimit-remaining` and `ratelimit-reset`, for
-    /// `on_response` (a request's hooks run on one instance, in turn).
-    outcome: Option<(String, String)>,
+    /// One limit, or one per plan.
+    limits: Vec<Limit>,
+    plans: Option<Plans>,
+    legacy: bool,
+    /// This request's outcome, for `on_response` (a request's hooks run on
+    /// one instance, in turn).
+    outcome: Option<Outcome>,
     /// The route's id: an instance serves one route, so it is asked for once.
     route: std::cell::OnceCell<String>,
 }
@@ -200,57 +300,156 @@ pub struct RateLimit {
 impl RateLimit {
     /// Validates `config`; the error names the offending field.
     pub fn from_config(config: Config) -> Result<Self, String> {
-        let max = i64::from(u32::MAX);
-        let rate = in_range("rate", config.rate, 1, max)?;
-        let per_ms = parse_duration_ms(&config.per).map_err(|e| format!("per: {e}"))?;
-        let burst = in_range("burst", config.burst.unwrap_or(rate), 1, max)?;
         let status = in_range("status", config.status, 400, 599)?;
         let key = KeySource::parse(&config.key)?;
+        let (limits, plans) = if config.plans.is_empty() {
+            for (set, field) in [
+                (config.plan.is_some(), "plan"),
+                (!config.consumers.is_empty(), "consumers"),
+                (config.default_plan.is_some(), "default_plan"),
+            ] {
+                if set {
+                    return Err(format!("{field}: only meaningful with `plans`"));
+                }
+            }
+            let rate = config
+                .rate
+                .ok_or_else(|| "missing field `rate` (or give `plans`)".to_string())?;
+            let limit = Limit::new("", "default", rate, &config.per, config.burst)?;
+            (vec![limit], None)
+        } else {
+            if config.rate.is_some() || config.burst.is_some() {
+                return Err(
+                    "rate: give either `rate`/`per`/`burst` or `plans` (each plan has its own)"
+                        .into(),
+                );
+            }
+            let mut limits = Vec::new();
+            let mut by_name = BTreeMap::new();
+            for (name, plan) in &config.plans {
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(format!(
+                        "plans: {name:?} is not a plan name (letters, digits, `-`, `_`, `.`)"
+                    ));
+                }
+                let field = format!("plans.{name}.");
+                by_name.insert(name.clone(), limits.len());
+                limits.push(Limit::new(&field, name, plan.rate, &plan.per, plan.burst)?);
+            }
+            let find = |field: &str, plan: &str| {
+                by_name.get(plan).copied().ok_or_else(|| {
+                    let known: Vec<&str> = by_name.keys().map(String::as_str).collect();
+                    format!(
+                        "{field}: no plan named {plan:?} (plans: {})",
+                        known.join(", ")
+                    )
+                })
+            };
+            let default = find(
+                "default_plan",
+                config.default_plan.as_deref().ok_or_else(|| {
+                    "default_plan: required with `plans` (the plan of a consumer that has none)"
+                        .to_string()
+                })?,
+            )?;
+            let mut consumers = BTreeMap::new();
+            for (consumer, plan) in &config.consumers {
+                consumers.insert(
+                    consumer.clone(),
+                    find(&format!("consumers.{consumer}"), plan)?,
+                );
+            }
+            let source = match config.plan.as_deref() {
+                None => None,
+                Some(p) => match KeySource::parse(p).map_err(|e| e.replacen("key:", "plan:", 1))? {
+                    k @ (KeySource::Header(_) | KeySource::Var(_)) => Some(k),
+                    _ => {
+                        return Err(format!(
+                            "plan: {p:?} must be \"var:<name>\" or \"header:<name>\""
+                        ));
+                    }
+                },
+            };
+            (
+                limits,
+                Some(Plans {
+                    source,
+                    by_name,
+                    consumers,
+                    default,
+                }),
+            )
+        };
         Ok(Self {
             key,
-            bucket: Bucket {
-                capacity: burst as u32,
-                refill_per_sec: rate as f64 * 1000.0 / per_ms as f64,
-            },
             status: status as u16,
-            policy: format!("{rate}/{per_ms}ms/{burst}"),
-            limit: burst.to_string(),
-            policy_header: format!("{burst};w={}", ceil_secs(per_ms).max(1)),
+            limits,
+            plans,
+            legacy: config.legacy_headers,
             outcome: None,
             route: std::cell::OnceCell::new(),
         })
     }
 
-    fn key_for(&self, req: &Request) -> String {
-        let route = self.route.get_or_init(|| req.route_id());
-        let value = match &self.key {
-            KeySource::Route => return bucket_key(route, &self.policy, KeyPart::Route),
-            KeySource::ClientIp => None,
+    /// The request's consumer (what `key` selects), or `None` for the client IP fallback.
+    fn consumer(&self, req: &Request) -> Option<String> {
+        match &self.key {
+            KeySource::Route | KeySource::ClientIp => None,
             KeySource::Header(h) => req.header(h).filter(|v| !v.is_empty()),
             KeySource::Var(v) => req.get_var(v).filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// Which limit applies: the plan named by `plan`, else the consumer's, else the default.
+    fn limit_for(&self, req: &Request, consumer: Option<&str>) -> usize {
+        let Some(plans) = &self.plans else { return 0 };
+        let named = match &plans.source {
+            Some(KeySource::Header(h)) => req.header(h),
+            Some(KeySource::Var(v)) => req.get_var(v),
+            _ => None,
         };
-        let part = match (&self.key, &value) {
+        named
+            .and_then(|n| plans.by_name.get(&n).copied())
+            .or_else(|| consumer.and_then(|c| plans.consumers.get(c).copied()))
+            .unwrap_or(plans.default)
+    }
+
+    fn key_for(&self, req: &Request, policy: &str, consumer: Option<&str>) -> String {
+        let route = self.route.get_or_init(|| req.route_id());
+        let part = match (&self.key, consumer) {
+            (KeySource::Route, _) => KeyPart::Route,
             (KeySource::Header(_), Some(v)) => KeyPart::Header(v),
             (KeySource::Var(_), Some(v)) => KeyPart::Var(v),
             // Absent header or variable: fall back to the client IP.
             _ => {
                 let addr = req.client_addr();
-                return bucket_key(route, &self.policy, KeyPart::Ip(client_ip(&addr)));
+                return bucket_key(route, policy, KeyPart::Ip(client_ip(&addr)));
             }
         };
-        bucket_key(route, &self.policy, part)
+        bucket_key(route, policy, part)
     }
 
-    fn denied(&self, r: &TakeResult) -> Action {
-        let wait = ceil_secs(r.retry_after_ms).max(1).to_string();
-        reply(self.status)
-            .header("retry-after", wait.as_str())
-            .header("ratelimit-limit", self.limit.as_str())
-            .header("ratelimit-remaining", "0")
-            .header("ratelimit-reset", wait)
-            .header("ratelimit-policy", self.policy_header.as_str())
-            .text("rate limit exceeded\n")
-            .into()
+    /// The draft's `ratelimit` value.
+    fn state_header(limit: &Limit, remaining: &str, reset: &str) -> String {
+        format!("\"{}\";r={remaining};t={reset}", limit.name)
+    }
+
+    fn denied(&self, limit: &Limit, wait: &str) -> Action {
+        let mut r = reply(self.status)
+            .header("retry-after", wait)
+            .header("ratelimit-policy", limit.policy_header.as_str())
+            .header("ratelimit", Self::state_header(limit, "0", wait));
+        if self.legacy {
+            r = r
+                .header("ratelimit-limit", limit.limit.as_str())
+                .header("ratelimit-remaining", "0")
+                .header("ratelimit-reset", wait);
+        }
+        r.text("rate limit exceeded\n").into()
     }
 }
 
@@ -262,8 +461,11 @@ impl Plugin for RateLimit {
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let key = self.key_for(req);
-        let r = take(&key, self.bucket, 1);
+        let consumer = self.consumer(req);
+        let index = self.limit_for(req, consumer.as_deref());
+        let limit = &self.limits[index];
+        let key = self.key_for(req, &limit.policy, consumer.as_deref());
+        let r = take(&key, limit.bucket, 1);
         // Recorded on refusal too, so a limiter earlier in the chain can't
         // overwrite our `remaining: 0` in its response hook.
         let (remaining, reset) = if r.allowed {
@@ -275,9 +477,10 @@ impl Plugin for RateLimit {
             )
         };
         let vars = [
-            (VAR_LIMIT, self.limit.as_str()),
+            (VAR_LIMIT, limit.limit.as_str()),
             (VAR_REMAINING, &remaining),
             (VAR_RESET, &reset),
+            (VAR_POLICY, limit.name.as_str()),
         ];
         if let Err((i, e)) = req.set_vars(&vars) {
             log::log(
@@ -286,29 +489,49 @@ impl Plugin for RateLimit {
                 &[("var", vars[i as usize].0), ("error", &format!("{e:?}"))],
             );
         }
-        self.outcome = Some((remaining, reset));
-        if r.allowed {
+        let action = if r.allowed {
             Action::Continue
         } else {
             log::debug("rate limit exceeded");
-            self.denied(&r)
-        }
+            self.denied(limit, &reset)
+        };
+        self.outcome = Some(Outcome {
+            limit: index,
+            remaining,
+            reset,
+        });
+        action
     }
 
     fn on_response(&mut self, _req: &Request, resp: &Response) {
-        // Kept in `self`, not read back from the variables: three host calls fewer.
-        let Some((remaining, reset)) = self.outcome.take() else {
+        // Kept in `self`, not read back from the variables: host calls fewer.
+        let Some(Outcome {
+            limit,
+            remaining,
+            reset,
+        }) = self.outcome.take()
+        else {
             return;
         };
-        let headers = [
-            ("ratelimit-limit", self.limit.clone()),
-            ("ratelimit-remaining", remaining),
-            ("ratelimit-reset", reset),
-        ]
-        .map(|(name, value)| Header {
-            name: name.to_owned(),
-            value,
-        });
+        let limit = &self.limits[limit];
+        let mut headers = vec![
+            ("ratelimit-policy", limit.policy_header.clone()),
+            ("ratelimit", Self::state_header(limit, &remaining, &reset)),
+        ];
+        if self.legacy {
+            headers.extend([
+                ("ratelimit-limit", limit.limit.clone()),
+                ("ratelimit-remaining", remaining),
+                ("ratelimit-reset", reset),
+            ]);
+        }
+        let headers: Vec<Header> = headers
+            .into_iter()
+            .map(|(name, value)| Header {
+                name: name.to_owned(),
+                value,
+            })
+            .collect();
         if let Err((i, e)) = resp.set_headers(&headers) {
             log::log(
                 Level::Warn,
@@ -424,28 +647,50 @@ mod tests {
     #[test]
     fn loads_config() {
         let r = decode(r#"{"rate":10}"#).unwrap();
-        assert_eq!(r.bucket.capacity, 10);
-        assert_eq!(r.bucket.refill_per_sec, 10.0);
+        let l = &r.limits[0];
+        assert_eq!(l.bucket.capacity, 10);
+        assert_eq!(l.bucket.refill_per_sec, 10.0);
         assert_eq!(r.status, 429);
         assert_eq!(r.key, KeySource::ClientIp);
-        assert_eq!(r.policy_header, "10;w=1");
+        assert_eq!(l.policy_header, r#""default";q=10;w=1"#);
 
         let r = decode(r#"{"rate":30,"per":"1m","burst":5,"key":"var:consumer","status":503}"#)
             .unwrap();
-        assert_eq!(r.bucket.capacity, 5);
-        assert_eq!(r.bucket.refill_per_sec, 0.5);
+        let l = &r.limits[0];
+        assert_eq!(l.bucket.capacity, 5);
+        assert_eq!(l.bucket.refill_per_sec, 0.5);
         assert_eq!(r.status, 503);
-        assert_eq!(r.policy, "30/60000ms/5");
-        assert_eq!(r.policy_header, "5;w=60");
+        assert_eq!(l.policy, "30/60000ms/5");
+        assert_eq!(l.policy_header, r#""default";q=5;w=60"#);
 
         let r = decode(r#"{"rate":1,"per":"500ms"}"#).unwrap();
-        assert_eq!(r.bucket.refill_per_sec, 2.0);
-        assert_eq!(r.policy_header, "1;w=1");
+        assert_eq!(r.limits[0].bucket.refill_per_sec, 2.0);
+        assert_eq!(r.limits[0].policy_header, r#""default";q=1;w=1"#);
+    }
+
+    #[test]
+    fn loads_plans() {
+        let r = decode(
+            r#"{"key":"var:consumer","plan":"var:plan","default_plan":"free",
+                "plans":{"free":{"rate":2,"per":"1m"},"pro":{"rate":100,"per":"1m","burst":10}},
+                "consumers":{"bob":"pro"}}"#,
+        )
+        .unwrap();
+        let plans = r.plans.as_ref().unwrap();
+        let free = &r.limits[plans.by_name["free"]];
+        let pro = &r.limits[plans.by_name["pro"]];
+        assert_eq!(plans.default, plans.by_name["free"]);
+        assert_eq!(plans.consumers["bob"], plans.by_name["pro"]);
+        assert_eq!(free.policy_header, r#""free";q=2;w=60"#);
+        assert_eq!(pro.policy_header, r#""pro";q=10;w=60"#);
+        // Two plans of one shape still count apart.
+        assert_ne!(free.policy, pro.policy);
+        assert!(free.policy.starts_with("free="));
     }
 
     #[test]
     fn rejects_bad_config() {
-        let err = |j| decode(j).unwrap_err();
+        let err = |j: &str| decode(j).unwrap_err();
         assert!(err("{}").contains("missing field `rate`"));
         assert_eq!(
             err(r#"{"rate":0}"#),
@@ -462,6 +707,36 @@ mod tests {
         );
         assert!(err(r#"{"rate":5,"key":"cookie:a"}"#).starts_with("key:"));
         assert!(err(r#"{"rate":5,"window":"1s"}"#).contains("unknown field `window`"));
+        let plans = r#""plans":{"free":{"rate":1}}"#;
+        assert!(err(&format!("{{{plans}}}")).starts_with("default_plan: required"));
+        assert_eq!(
+            err(&format!(r#"{{{plans},"default_plan":"gold"}}"#)),
+            r#"default_plan: no plan named "gold" (plans: free)"#
+        );
+        assert_eq!(
+            err(&format!(
+                r#"{{{plans},"default_plan":"free","consumers":{{"al":"pro"}}}}"#
+            )),
+            r#"consumers.al: no plan named "pro" (plans: free)"#
+        );
+        assert!(
+            err(&format!(r#"{{{plans},"default_plan":"free","rate":3}}"#))
+                .starts_with("rate: give either")
+        );
+        assert_eq!(
+            err(r#"{"plans":{"free":{"rate":0}},"default_plan":"free"}"#),
+            "plans.free.rate: must be between 1 and 4294967295 (got 0)"
+        );
+        assert!(
+            err(&format!(
+                r#"{{{plans},"default_plan":"free","plan":"client_ip"}}"#
+            ))
+            .starts_with("plan:")
+        );
+        assert_eq!(
+            err(r#"{"rate":1,"default_plan":"free"}"#),
+            "default_plan: only meaningful with `plans`"
+        );
     }
 
     #[test]

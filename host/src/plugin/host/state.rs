@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::HostState;
 use crate::plugin::bindings::weir::plugin::state::{Bucket, Host, TakeResult, WindowCount};
@@ -21,6 +21,8 @@ use crate::plugin::limits::{
 };
 
 const SHARDS: usize = 16;
+/// Tokens closer than this to a whole number count as it (float refill error).
+const TOKEN_EPSILON: f64 = 1e-9;
 /// Longest key a plugin may use.
 const MAX_KEY: usize = 512;
 /// Entries per shard before a sweep of idle entries is forced.
@@ -44,6 +46,13 @@ impl SharedState {
         }
         let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
         plugins.entry(name.clone()).or_default().clone()
+    }
+
+    /// Forgets every plugin's keys (for `weir test`, between cases).
+    pub fn clear(&self) {
+        for store in read(&self.plugins).values() {
+            store.clear();
+        }
     }
 }
 
@@ -143,7 +152,16 @@ impl Default for PluginStore {
 
 impl PluginStore {
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.epoch.elapsed().as_millis() as u64 + super::clock::advanced_ms()
+    }
+
+    /// Forgets every key (for `weir test`, between cases).
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            *lock(shard) = Shard::default();
+        }
+        self.entries.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
     }
 
     /// Runs `f` on the entry under `key`, creating it with `init` if the quota allows.
@@ -307,17 +325,20 @@ impl PluginStore {
                 let elapsed = now.saturating_sub(*last_ms);
                 *tokens = (*tokens + elapsed as f64 / 1000.0 * rate).min(capacity);
                 *last_ms = (*last_ms).max(now);
-                let allowed = *tokens >= cost;
+                // Refills are sums of float fractions: 30 s at 2/min gives
+                // 0.999...9 tokens, which must count as one.
+                let allowed = *tokens + TOKEN_EPSILON >= cost;
                 if allowed {
-                    *tokens -= cost;
+                    *tokens = (*tokens - cost).max(0.0);
                 }
                 let ms_until = |target: f64| -> u64 {
-                    if *tokens >= target {
+                    if *tokens + TOKEN_EPSILON >= target {
                         0
                     } else if rate <= 0.0 {
                         u64::MAX
                     } else {
-                        Duration::from_secs_f64((target - *tokens) / rate).as_millis() as u64 + 1
+                        // Whole milliseconds, rounded up: the wait is never short.
+                        ((target - *tokens) / rate * 1000.0 - 1e-6).ceil() as u64
                     }
                 };
                 TakeResult {
