@@ -119,6 +119,10 @@ impl Report {
 }
 
 /// Runs every case of the file at `path`.
+///
+/// Moves the process-wide plugin clock and clears every plugin's host state
+/// between cases: run it in a process of its own (as `weir test` does), never
+/// beside a serving gateway.
 pub async fn run(path: &Path) -> Result<Report, CasesError> {
     let source = std::fs::read_to_string(path)
         .map_err(|e| CasesError::File(ConfigError::new(path, None, format!("cannot read: {e}"))))?;

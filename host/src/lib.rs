@@ -21,8 +21,9 @@
 //! host capabilities, instance pools) → [`upstream`]; [`reload`] swaps
 //! snapshots when files change. Beside the request path: [`telemetry`] (logs,
 //! metrics, request ids and trace context, the access record), [`admin`]
-//! (health, readiness, metrics, reload on a separate listener) and [`audit`]
-//! (what each plugin is and may do).
+//! (health, readiness, metrics, reload on a separate listener), [`audit`]
+//! (what each plugin is and may do), [`lint`] (policy conflicts `weir check`
+//! warns about) and [`cases`] (`weir test`: request cases run in-process).
 //!
 //! Dependencies point inward: [`telemetry`], [`error`], [`tls`] and `net`
 //! (the accept loop the proxy and admin listeners share) import nothing of

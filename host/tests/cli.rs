@@ -429,3 +429,62 @@ fn check_prints_conflicts_as_warnings_and_fails_on_them_when_denied() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn test_cases_set_the_clock_plugins_read() {
+    // The quickstart's demo token expires at 2100-01-01T00:00:00Z.
+    let token = std::fs::read_to_string(repo("examples/quickstart/demo.jwt")).unwrap();
+    let dir = tempfile_dir();
+    let cases = dir.join("clock.toml");
+    std::fs::write(
+        &cases,
+        format!(
+            r#"
+manifest = "{}"
+
+[[case]]
+name = "the demo token works until 2100, not after"
+[[case.steps]]
+time = 2099-12-31T23:59:00Z
+request = {{ target = "/jwt/x", headers = {{ authorization = "Bearer {token}" }} }}
+expect = {{ status = 200, upstream = {{ headers = {{ x-user = "alice" }} }} }}
+[[case.steps]]
+advance = "2m"
+request = {{ target = "/jwt/x", headers = {{ authorization = "Bearer {token}" }} }}
+expect = {{ status = 401, answered_by = "jwt-auth" }}
+
+[[case]]
+name = "time only moves forward within a case"
+[[case.steps]]
+time = 2030-01-02T00:00:00Z
+request = {{ target = "/jwt/x" }}
+[[case.steps]]
+time = 2030-01-01T00:00:00Z
+request = {{ target = "/jwt/x" }}
+"#,
+            repo("examples/quickstart/gateway.toml").display(),
+            token = token.trim()
+        ),
+    )
+    .unwrap();
+    let out = weir().arg("test").arg(&cases).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("step 2: time goes backwards"),
+        "stderr: {stderr}"
+    );
+    // Without the second case, the first passes.
+    let text = std::fs::read_to_string(&cases).unwrap();
+    let first = &text[..text.find("[[case]]\nname = \"time only").unwrap()];
+    std::fs::write(&cases, first).unwrap();
+    let out = weir().arg("test").arg(&cases).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+}
