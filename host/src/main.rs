@@ -115,14 +115,7 @@ fn main() -> ExitCode {
             } => check(&manifest, deny_warnings).await,
             Command::Audit { path, json } => match weir::audit::audit(&path).await {
                 Ok(report) => {
-                    if json {
-                        match serde_json::to_string_pretty(&report) {
-                            Ok(text) => println!("{text}"),
-                            Err(e) => eprintln!("error: {e}"),
-                        }
-                    } else {
-                        print!("{}", report.to_text());
-                    }
+                    print_report(json, &report, || report.to_text());
                     // Scripts can gate on it: 1 when a plugin would be refused.
                     if report.plugins.iter().all(|p| p.admitted) {
                         ExitCode::SUCCESS
@@ -183,18 +176,23 @@ async fn check(manifest: &std::path::Path, deny_warnings: bool) -> ExitCode {
     }
 }
 
+/// Prints a report as pretty JSON or as its text.
+fn print_report<R: serde::Serialize>(json: bool, report: &R, text: impl FnOnce() -> String) {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    } else {
+        print!("{}", text());
+    }
+}
+
 /// `weir test`: 0 when every case passes, 1 when one fails, 2 when they cannot run.
 async fn test(cases: &std::path::Path, json: bool) -> ExitCode {
     match weir::cases::run(cases).await {
         Ok(report) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => eprintln!("error: {e}"),
-                }
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(json, &report, || report.to_text());
             if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {

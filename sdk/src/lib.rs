@@ -395,8 +395,39 @@ pub mod __private {
     /// Bridges the generated `Guest` trait to a [`Plugin`].
     pub struct Adapter<P>(std::marker::PhantomData<P>);
 
+    thread_local! {
+        // The hook running, for panic reports.
+        static HOOK: std::cell::Cell<&'static str> = const { std::cell::Cell::new("init") };
+    }
+
+    /// Reports a panic's message and place through the host log (so it
+    /// reaches the gateway log whatever the stdio grant), before the trap.
+    fn report_panics() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(a panic without a message)");
+                let at = info.location().map_or_else(String::new, |l| {
+                    format!("{}:{}:{}", l.file(), l.line(), l.column())
+                });
+                crate::log::log(
+                    crate::log::Level::Error,
+                    &format!("plugin panicked: {message}"),
+                    &[("at", &at), ("hook", HOOK.get())],
+                );
+            }));
+        });
+    }
+
     impl<P: Plugin> Guest for Adapter<P> {
         fn init(config: String) -> Result<Hooks, String> {
+            report_panics();
+            HOOK.set("init");
             let config: P::Config = decode_config(&config)?;
             let filter = P::new(config)?;
             let hooks = filter.hooks();
@@ -404,9 +435,11 @@ pub mod __private {
             Ok(hooks)
         }
         fn on_request(req: &Request) -> Action {
+            HOOK.set("on-request");
             with_filter::<P, _>(|f| f.on_request(req))
         }
         fn on_response(req: &Request, resp: &Response) {
+            HOOK.set("on-response");
             with_filter::<P, _>(|f| f.on_response(req, resp))
         }
     }

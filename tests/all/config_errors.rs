@@ -4,17 +4,41 @@
 
 use std::path::PathBuf;
 
-#[tokio::test]
-async fn each_broken_manifest_fails_with_its_expected_message() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/config");
+/// The `*.toml` fixtures in `fixtures/NAME`, sorted, and that folder.
+fn fixtures(name: &str, at_least: usize) -> (PathBuf, Vec<PathBuf>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     fixtures.sort();
-    assert!(fixtures.len() >= 10, "fixtures went missing");
-    let bless = std::env::var_os("WEIR_BLESS").is_some();
+    assert!(fixtures.len() >= at_least, "fixtures went missing");
+    (dir, fixtures)
+}
+
+/// Compares `actual` with the fixture's expected file (`ext`), or rewrites
+/// it under `WEIR_BLESS`; a difference is added to `failures`.
+fn expect_file(toml: &std::path::Path, ext: &str, actual: &str, failures: &mut Vec<String>) {
+    let expected_path = toml.with_extension(ext);
+    if std::env::var_os("WEIR_BLESS").is_some() {
+        std::fs::write(&expected_path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+    if actual.is_empty() || actual != expected {
+        failures.push(format!(
+            "{}:\n--- expected\n{expected}--- actual\n{actual}",
+            toml.display()
+        ));
+    }
+}
+
+#[tokio::test]
+async fn each_broken_manifest_fails_with_its_expected_message() {
+    let (dir, fixtures) = fixtures("config", 10);
     let mut failures = Vec::new();
     for toml in fixtures {
         let errors = match weir::check(&toml).await {
@@ -26,18 +50,7 @@ async fn each_broken_manifest_fails_with_its_expected_message() {
         };
         // Messages name the file as given; strip the machine-specific directory.
         let actual = errors.replace(&format!("{}/", dir.display()), "") + "\n";
-        let expected_path = toml.with_extension("err");
-        if bless {
-            std::fs::write(&expected_path, &actual).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if actual != expected {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                toml.display()
-            ));
-        }
+        expect_file(&toml, "err", &actual, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -46,15 +59,7 @@ async fn each_broken_manifest_fails_with_its_expected_message() {
 /// `weir check` warns with exactly the lines in `NAME.warn`.
 #[tokio::test]
 async fn each_conflicting_manifest_warns_with_its_expected_message() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lint");
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    fixtures.sort();
-    assert!(fixtures.len() >= 5, "fixtures went missing");
-    let bless = std::env::var_os("WEIR_BLESS").is_some();
+    let (dir, fixtures) = fixtures("lint", 5);
     let mut failures = Vec::new();
     for toml in fixtures {
         let warnings = match weir::check_with_warnings(&toml).await {
@@ -69,18 +74,7 @@ async fn each_conflicting_manifest_warns_with_its_expected_message() {
             .map(|w| format!("{w}\n"))
             .collect::<String>()
             .replace(&format!("{}/", dir.display()), "");
-        let expected_path = toml.with_extension("warn");
-        if bless {
-            std::fs::write(&expected_path, &actual).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if actual.is_empty() || actual != expected {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                toml.display()
-            ));
-        }
+        expect_file(&toml, "warn", &actual, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

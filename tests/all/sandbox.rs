@@ -205,6 +205,20 @@ async fn unbounded_recursion_traps_on_the_stack_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_mid_request_costs_only_that_request() {
     contained("panic", "panic", "", "trap").await;
+    // The message and its line reach the gateway log, with no stdio grant.
+    let logs = crate::support::logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("plugin panicked: hostile plugin panics mid-request"))
+        .unwrap_or_else(|| panic!("no panic report in the log:\n{logs}"));
+    for part in [
+        "ERROR",
+        "route=\"panic-bad\"",
+        "src/lib.rs:122:",
+        "hook=\\\"on-request",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
