@@ -59,6 +59,8 @@
 
 extern crate self as weir_sdk;
 
+pub mod units;
+
 use std::any::Any;
 use std::cell::RefCell;
 

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
 use weir_sdk::state::{Bucket, take};
+use weir_sdk::units::Duration;
 use weir_sdk::{Action, Header, Plugin, Request, Response, check_header_name, reply};
 
 /// The route's config table. Numbers are signed so that a bad value gets a
@@ -27,7 +28,7 @@ pub struct Config {
     pub rate: Option<i64>,
     /// The refill period, e.g. `"1s"`, `"500ms"`, `"1m"`, `"1h"`.
     #[serde(default = "default_per")]
-    pub per: String,
+    pub per: Duration,
     /// Bucket capacity; defaults to `rate`.
     #[serde(default)]
     pub burst: Option<i64>,
@@ -62,7 +63,7 @@ pub struct PlanConfig {
     pub rate: i64,
     /// The refill period.
     #[serde(default = "default_per")]
-    pub per: String,
+    pub per: Duration,
     /// Bucket capacity; defaults to `rate`.
     #[serde(default)]
     pub burst: Option<i64>,
@@ -72,8 +73,8 @@ fn yes() -> bool {
     true
 }
 
-fn default_per() -> String {
-    "1s".into()
+fn default_per() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_key() -> String {
     "client_ip".into()
@@ -176,28 +177,6 @@ fn client_ip(addr: &str) -> &str {
     }
 }
 
-/// Parses `<n>ms`, `<n>s`, `<n>m` or `<n>h` into milliseconds (> 0).
-fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("{s:?} is not a duration (write e.g. \"500ms\", \"1s\", \"10s\", \"1m\", \"1h\")")
-    };
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    match n.checked_mul(scale) {
-        Some(0) => Err(format!("{s:?} must be longer than zero")),
-        Some(ms) => Ok(ms),
-        None => Err(bad()),
-    }
-}
-
 /// Milliseconds to whole seconds, rounded up.
 fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
@@ -236,12 +215,13 @@ impl Limit {
         field: &str,
         name: &str,
         rate: i64,
-        per: &str,
+        per: Duration,
         burst: Option<i64>,
     ) -> Result<Self, String> {
         let max = i64::from(u32::MAX);
         let rate = in_range(&format!("{field}rate"), rate, 1, max)?;
-        let per_ms = parse_duration_ms(per).map_err(|e| format!("{field}per: {e}"))?;
+        // Whole milliseconds: the manifest's durations have no finer unit.
+        let per_ms = per.0.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
         let burst = in_range(&format!("{field}burst"), burst.unwrap_or(rate), 1, max)?;
         Ok(Limit {
             bucket: Bucket {
@@ -315,7 +295,7 @@ impl RateLimit {
             let rate = config
                 .rate
                 .ok_or_else(|| "missing field `rate` (or give `plans`)".to_string())?;
-            let limit = Limit::new("", "default", rate, &config.per, config.burst)?;
+            let limit = Limit::new("", "default", rate, config.per, config.burst)?;
             (vec![limit], None)
         } else {
             if config.rate.is_some() || config.burst.is_some() {
@@ -338,7 +318,7 @@ impl RateLimit {
                 }
                 let field = format!("plans.{name}.");
                 by_name.insert(name.clone(), limits.len());
-                limits.push(Limit::new(&field, name, plan.rate, &plan.per, plan.burst)?);
+                limits.push(Limit::new(&field, name, plan.rate, plan.per, plan.burst)?);
             }
             let find = |field: &str, plan: &str| {
                 by_name.get(plan).copied().ok_or_else(|| {
@@ -552,35 +532,9 @@ mod tests {
     use super::*;
 
     fn decode(json: &str) -> Result<RateLimit, String> {
-        let c: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        // As the SDK decodes it at load: errors are prefixed with the field's path.
+        let c: Config = weir_sdk::__private::decode_config(json)?;
         RateLimit::from_config(c)
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration_ms("1s"), Ok(1_000));
-        assert_eq!(parse_duration_ms("10s"), Ok(10_000));
-        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
-        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
-        assert_eq!(parse_duration_ms("500ms"), Ok(500));
-        for bad in [
-            "",
-            "s",
-            "1",
-            "1.5s",
-            "-1s",
-            " 1s",
-            "1 s",
-            "1d",
-            "1S",
-            "99999999999999999999h",
-        ] {
-            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(
-            parse_duration_ms("0s").unwrap_err(),
-            r#""0s" must be longer than zero"#
-        );
     }
 
     #[test]
@@ -700,7 +654,11 @@ mod tests {
             err(r#"{"rate":5,"burst":-1}"#),
             "burst: must be between 1 and 4294967295 (got -1)"
         );
-        assert!(err(r#"{"rate":5,"per":"1x"}"#).starts_with(r#"per: "1x" is not a duration"#));
+        assert_eq!(
+            err(r#"{"rate":5,"per":"1x"}"#),
+            r#"per: invalid duration `1x`: expected e.g. "500ms", "10s", "2m" or "1h""#
+        );
+        assert!(err(r#"{"rate":5,"per":"0s"}"#).starts_with("per: invalid duration `0s`"));
         assert_eq!(
             err(r#"{"rate":5,"status":200}"#),
             "status: must be between 400 and 599 (got 200)"
