@@ -377,14 +377,15 @@ fn check_answer(a: &StubAnswer) -> Result<(), String> {
 }
 
 /// What the client got.
-struct Seen {
-    status: u16,
-    headers: HeaderMap,
-    body: Result<Bytes, String>,
-    observed: Observed,
+pub(crate) struct Seen {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Result<Bytes, String>,
+    pub(crate) observed: Observed,
 }
 
-async fn send(snap: &Arc<Snapshot>, req: Request<Full<Bytes>>, conn: ConnInfo) -> Seen {
+/// Sends one request through `snap` in-process and reads the whole answer.
+pub(crate) async fn send(snap: &Arc<Snapshot>, req: Request<Full<Bytes>>, conn: ConnInfo) -> Seen {
     let (resp, observed) = handle_observed(snap.clone(), req, conn).await;
     let (parts, body) = resp.into_parts();
     let body = Limited::new(body, MAX_BODY)

@@ -23,7 +23,8 @@
 //! metrics, request ids and trace context, the access record), [`admin`]
 //! (health, readiness, metrics, reload on a separate listener), [`audit`]
 //! (what each plugin is and may do), [`lint`] (policy conflicts `weir check`
-//! warns about) and [`cases`] (`weir test`: request cases run in-process).
+//! warns about), [`cases`] (`weir test`: request cases run in-process) and
+//! [`testkit`] (plugin unit tests on the real runtime).
 //!
 //! Dependencies point inward: [`telemetry`], [`error`], [`tls`] and `net`
 //! (the accept loop the proxy and admin listeners share) import nothing of
@@ -46,6 +47,7 @@ pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod telemetry;
+pub mod testkit;
 pub mod tls;
 pub mod upstream;
 
