@@ -23,8 +23,9 @@
 //! metrics, request ids and trace context, the access record), [`admin`]
 //! (health, readiness, metrics, reload on a separate listener), [`audit`]
 //! (what each plugin is and may do), [`lint`] (policy conflicts `weir check`
-//! warns about), [`cases`] (`weir test`: request cases run in-process) and
-//! [`testkit`] (plugin unit tests on the real runtime).
+//! warns about), [`cases`] (`weir test`: request cases run in-process),
+//! [`testkit`] (plugin unit tests on the real runtime) and [`scaffold`]
+//! (`weir plugin new`).
 //!
 //! Dependencies point inward: [`telemetry`], [`error`], [`tls`] and `net`
 //! (the accept loop the proxy and admin listeners share) import nothing of
@@ -45,6 +46,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod scaffold;
 pub mod snapshot;
 pub mod telemetry;
 pub mod testkit;

@@ -52,6 +52,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plugin authoring: `weir plugin new NAME` writes a plugin crate that
+    /// builds for wasm32-wasip2 and passes its test as it stands.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Report what plugins are and may do: sha256, size, WIT world, imports
     /// by capability, exports, producers; given a manifest, also the limits,
     /// grants, isolation and failure policy in force per route.
@@ -64,13 +70,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a new plugin crate NAME (Cargo.toml with the size profile,
+    /// src/lib.rs with a commented filter, tests/plugin.rs, README.md).
+    New {
+        /// The crate name: lower-case letters, digits and `-`.
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
 /// `[log]` from the manifest, overridden by the flag. A manifest that does
 /// not parse logs with the defaults; loading it again reports the error.
 fn log_settings(cli: &Cli) -> LogSettings {
     let manifest = match &cli.command {
         Command::Run { manifest, .. } | Command::Check { manifest, .. } => Some(manifest),
         // `audit` takes a manifest or a plugin file; it logs with the defaults.
-        Command::Audit { .. } => None,
+        Command::Audit { .. } | Command::Plugin { .. } => None,
         // The report is the output; the gateway's own lines only for problems.
         Command::Test { .. } => {
             return LogSettings {
@@ -133,6 +152,22 @@ fn main() -> ExitCode {
                 }
             },
             Command::Test { cases, json } => test(&cases, json).await,
+            Command::Plugin {
+                command: PluginCommand::New { name, dir },
+            } => match weir::scaffold::new_plugin(&name, &dir) {
+                Ok(dir) => {
+                    println!("created {}", dir.display());
+                    println!(
+                        "next: cd {} && cargo test   (then see its README.md)",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Run { manifest, no_watch } => match run(manifest, !no_watch).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -488,3 +488,51 @@ request = {{ target = "/jwt/x" }}
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
 }
+
+#[test]
+fn plugin_new_writes_a_standalone_crate_and_refuses_to_overwrite() {
+    let dir = tempfile_dir().join("scaffold");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = weir()
+        .args(["plugin", "new", "tenant-check", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crate_dir = dir.join("tenant-check");
+    let cargo = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    // Outside the source tree: its own workspace, the size profile, absolute paths.
+    assert!(cargo.contains("\n[workspace]\n"), "{cargo}");
+    assert!(cargo.contains("[profile.plugin]"), "{cargo}");
+    let sdk = repo("sdk").canonicalize().unwrap();
+    assert!(
+        cargo.contains(&format!("weir-sdk = {{ path = \"{}\" }}", sdk.display()))
+            || cargo.contains("/sdk\" }"),
+        "{cargo}"
+    );
+    let lib = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    assert!(lib.contains("weir_sdk::export!(TenantCheck);"), "{lib}");
+    for f in ["tests/plugin.rs", "README.md", ".gitignore"] {
+        assert!(crate_dir.join(f).is_file(), "{f} missing");
+    }
+
+    let again = weir()
+        .args(["plugin", "new", "tenant-check", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = weir()
+        .args(["plugin", "new", "Tenant_Check", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use lower-case letters"));
+}
