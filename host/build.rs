@@ -5,7 +5,16 @@
 
 include!("build_plugins.rs");
 
-const FIRST_PARTY: [&str; 4] = ["key-auth", "jwt-auth", "headers", "rate-limit"];
+const FIRST_PARTY: [&str; 8] = [
+    "key-auth",
+    "jwt-auth",
+    "headers",
+    "rate-limit",
+    "cors",
+    "ip-filter",
+    "request-size",
+    "bot-filter",
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=WEIR_SKIP_PLUGINS");
