@@ -223,6 +223,24 @@ impl Outcome {
     }
 }
 
+/// `v` as inline TOML (so nested tables stay inside the route's `config = { ... }`).
+fn inline(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Table(t) => {
+            let fields: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{} = {}", toml::Value::String(k.clone()), inline(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        toml::Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(inline).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// One plugin loaded with one config on a one-route gateway.
 pub struct Harness {
     snap: Arc<Snapshot>,
@@ -252,9 +270,11 @@ impl Harness {
         let dir = std::env::temp_dir().join(format!("weir-testkit-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let path = dir.join("gateway.toml");
+        let config: toml::Table = toml::from_str(config).map_err(|e| format!("config: {e}"))?;
         let manifest = format!(
-            "[plugins.{plugin}]\npath = {wasm:?}\n{settings}\n\n[[routes]]\nid = \"test\"\nprefix = \"/\"\nupstream = \"builtin:echo\"\n\n[[routes.plugins]]\nname = \"{plugin}\"\n[routes.plugins.config]\n{config}\n",
-            wasm = wasm.display().to_string(),
+            "[plugins.{plugin}]\npath = {wasm}\n{settings}\n\n[[routes]]\nid = \"test\"\nprefix = \"/\"\nupstream = \"builtin:echo\"\n\n[[routes.plugins]]\nname = \"{plugin}\"\nconfig = {config}\n",
+            wasm = toml::Value::String(wasm.display().to_string()),
+            config = inline(&toml::Value::Table(config)),
         );
         std::fs::write(&path, manifest).map_err(|e| e.to_string())?;
         let stub = Stub::start().await.map_err(|e| e.to_string())?;
