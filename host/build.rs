@@ -5,7 +5,7 @@
 
 include!("build_plugins.rs");
 
-const FIRST_PARTY: [&str; 8] = [
+const FIRST_PARTY: [&str; 9] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -14,6 +14,7 @@ const FIRST_PARTY: [&str; 8] = [
     "ip-filter",
     "request-size",
     "bot-filter",
+    "basic-auth",
 ];
 
 fn main() {
