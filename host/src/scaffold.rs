@@ -149,7 +149,8 @@ inherits = "release"
 opt-level = "s"
 lto = true
 codegen-units = 1
-strip = true
+# Keep function names: the gateway's log names the function a trap happened in.
+strip = "debuginfo"
 panic = "abort"
 "#;
 

@@ -200,6 +200,14 @@ async fn unbounded_memory_growth_stops_at_max_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_recursion_traps_on_the_stack_limit() {
     contained("recurse", "recurse", "", "trap").await;
+    // The log line names the plugin's own function.
+    let logs = crate::support::logs();
+    assert!(
+        logs.lines().any(|l| l.contains("route=\"recurse-bad\"")
+            && l.contains("wasm trap: call stack exhausted")
+            && l.contains("in `test_hostile::recurse`")),
+        "no trap naming the function in the log:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,8 +209,12 @@ impl PluginErrorKind {
         }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => Some(PluginErrorKind::CpuDeadline(cpu_deadline)),
-            // The trap code is what an operator needs; the wasm backtrace is noise in a log line.
-            Some(trap) => Some(PluginErrorKind::Trap(trap.to_string())),
+            // The trap code and the plugin's own function it happened in; the
+            // rest of the wasm backtrace is noise in a log line.
+            Some(trap) => Some(PluginErrorKind::Trap(match trap_site(e) {
+                Some(f) => format!("{trap}, in `{f}`"),
+                None => trap.to_string(),
+            })),
             None => None,
         }
     }
@@ -227,6 +231,37 @@ impl PluginErrorKind {
             None => PluginErrorKind::Trap(format!("{e}")),
         }
     }
+}
+
+/// The innermost function of the plugin's own code in a trap's backtrace:
+/// named frames (components keep their name section unless stripped), past
+/// the standard library's and the SDK's plumbing (panic, abort, bindings).
+fn trap_site(e: &wasmtime::Error) -> Option<String> {
+    const PLUMBING: [&str; 9] = [
+        "core::",
+        "std::",
+        "alloc::",
+        "__rust",
+        "rust_panic",
+        "panic_abort",
+        "abort",
+        "wit_bindgen",
+        "weir_sdk::",
+    ];
+    let bt = e.downcast_ref::<wasmtime::WasmBacktrace>()?;
+    bt.frames()
+        .iter()
+        .filter_map(|f| f.func_name())
+        // `{:#}`: the path without the hash suffix.
+        .map(|name| format!("{:#}", rustc_demangle::demangle(name)))
+        .find(|name| {
+            !PLUMBING.iter().any(|p| name.starts_with(p))
+                && !name.starts_with("<core::")
+                && !name.starts_with("<alloc::")
+                && !name.starts_with("<std::")
+                && !name.contains("__export")
+                && !name.starts_with("weir:plugin/")
+        })
 }
 
 /// The request or response a hook call was handed, back from the store.
