@@ -22,6 +22,7 @@
 
 mod diag;
 mod duration;
+pub mod field;
 mod size;
 
 use std::collections::BTreeMap;

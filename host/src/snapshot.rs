@@ -551,18 +551,39 @@ async fn resolve_chain(
         {
             Ok(cp) => chain.push(cp),
             Err(e) => {
-                let span = entry
-                    .config
-                    .as_ref()
-                    .map(Spanned::span)
-                    .unwrap_or(entry_span);
-                l.err::<()>(
-                    span,
-                    format!("route `{id}`, plugin `{pname}`: {}", e.kind),
+                let table = entry.config.as_ref().map(Spanned::span);
+                let help = || {
                     Some(format!(
                         "fix this route's `config` table for `{pname}` (see the plugin's README)"
-                    )),
-                );
+                    ))
+                };
+                let PluginErrorKind::Config(reasons) = &e.kind else {
+                    let span = table.unwrap_or(entry_span);
+                    l.err::<()>(
+                        span,
+                        format!("route `{id}`, plugin `{pname}`: {}", e.kind),
+                        help(),
+                    );
+                    continue;
+                };
+                // One error per reason, each at its field when the plugin names one, in file order.
+                let mut located: Vec<_> = reasons
+                    .lines()
+                    .map(|reason| {
+                        let span = table.clone().map_or(entry_span.clone(), |t| {
+                            config::field::locate(&l.m.source, t.start, reason).unwrap_or(t)
+                        });
+                        (span, reason)
+                    })
+                    .collect();
+                located.sort_by_key(|(span, _)| span.start);
+                for (span, reason) in located {
+                    l.err::<()>(
+                        span,
+                        format!("route `{id}`, plugin `{pname}`: config rejected: {reason}"),
+                        help(),
+                    );
+                }
             }
         }
     }

@@ -377,21 +377,52 @@ pub mod __private {
         })
     }
 
-    /// Decodes the route's config; errors name the field (`keys[0].consumer: ...`).
+    /// Most config errors reported at once.
+    const MAX_CONFIG_ERRORS: usize = 16;
+
+    /// Decodes the route's config; errors name the field (`keys[0].consumer:
+    /// ...`), one per line, every one found: after each error, the top-level
+    /// field it is in is set aside and decoding tries again (until a field
+    /// set aside is required: its absence is not the author's error).
     pub fn decode_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, String> {
-        let mut de = serde_json::Deserializer::from_str(json);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            // The JSON is the host's rendering of TOML: its line/column mean nothing to the operator.
+        let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut errors: Vec<String> = Vec::new();
+        let mut set_aside: Vec<String> = Vec::new();
+        loop {
+            let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(config) if errors.is_empty() => return Ok(config),
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            let path = e.path().to_string();
             let msg = e.inner().to_string();
-            let msg = msg
-                .rfind(" at line ")
-                .map_or(msg.as_str(), |i| &msg[..i])
-                .to_string();
-            match e.path().to_string().as_str() {
-                "." => msg,
-                path => format!("{path}: {msg}"),
+            if path == "."
+                && let Some(field) = msg
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.split('`').next())
+                && set_aside.iter().any(|f| f == field)
+            {
+                break;
             }
-        })
+            errors.push(if path == "." {
+                msg
+            } else {
+                format!("{path}: {msg}")
+            });
+            let top = match e.path().iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => key.clone(),
+                _ => break,
+            };
+            let removed = match &mut value {
+                serde_json::Value::Object(o) => o.remove(&top).is_some(),
+                _ => false,
+            };
+            if !removed || errors.len() == MAX_CONFIG_ERRORS {
+                break;
+            }
+            set_aside.push(top);
+        }
+        Err(errors.join("\n"))
     }
 
     /// Bridges the generated `Guest` trait to a [`Plugin`].
@@ -465,4 +496,69 @@ macro_rules! export {
         static __WEIR_SDK_VERSION: [u8; $crate::__private::SDK_VERSION.len()] =
             $crate::__private::SDK_VERSION;
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::__private::decode_config;
+    use crate::units::Duration;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Config {
+        rate: u32,
+        per: Duration,
+        #[serde(default)]
+        keys: Vec<Key>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Key {
+        key: String,
+    }
+
+    #[test]
+    fn every_config_error_is_reported_at_once_with_its_path() {
+        let err = decode_config::<Config>(
+            r#"{"rate": "ten", "per": "1d", "kye": 1, "keys": [{"key": "a"}, {"key": 5}]}"#,
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 4, "{err}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("rate: invalid type: string \"ten\"")),
+            "{err}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("per: invalid duration `1d`")),
+            "{err}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("kye: unknown field `kye`")),
+            "{err}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("keys[1].key: invalid type: integer `5`")),
+            "{err}"
+        );
+        // A field set aside is not reported again as missing.
+        assert!(!err.contains("missing field"), "{err}");
+        // A field that is really missing is.
+        assert_eq!(
+            decode_config::<Config>(r#"{"per": "1s"}"#).unwrap_err(),
+            "missing field `rate`"
+        );
+        assert!(decode_config::<Config>(r#"{"rate": 1, "per": "1s"}"#).is_ok());
+    }
 }
