@@ -53,6 +53,12 @@ pub mod testkit;
 pub mod tls;
 pub mod upstream;
 
+/// The plugin author's guide, `sdk/README.md`: here so that CI compiles its
+/// Rust blocks against the SDK and the test kit.
+#[cfg(doctest)]
+#[doc = include_str!("../../sdk/README.md")]
+mod sdk_guide {}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -45,6 +45,10 @@
 //! # fn main() {}
 //! ```
 //!
+//! The guide from nothing to a deployed plugin (config, hooks, what `self`
+//! means, host state, metrics, limits, testing with `weir::testkit`,
+//! debugging) is this crate's `README.md`.
+//!
 //! Host services are in [`log`], [`clock`], [`state`] (shared counters and
 //! token buckets, atomic across every instance of the plugin) and
 //! [`metrics`] (counters in the gateway's Prometheus metrics).
