@@ -7,6 +7,7 @@
 
 mod admin;
 mod policy;
+mod traces;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -135,6 +136,9 @@ pub struct Snapshot {
     pub load_time: Duration,
     /// The gateway's metrics (shared by all its snapshots).
     pub metrics: Arc<Metrics>,
+    /// The span export pipeline, with `[tracing]` (shared with the previous
+    /// snapshot when its settings did not change).
+    pub tracer: Option<Arc<crate::telemetry::otlp::Tracer>>,
 }
 
 /// Every error found while loading a manifest.
@@ -241,9 +245,24 @@ impl Snapshot {
             policies: &policies,
         };
         let (routes, rules) = resolve_routes(&mut l, &loaded).await;
+        let tracing = traces::settings(m).unwrap_or_else(|e| {
+            l.errors.extend(e);
+            None
+        });
         if !l.errors.is_empty() {
             return Err(ConfigErrors(l.errors));
         }
+        let tracer = match tracing {
+            Some(settings) => {
+                let old = previous.and_then(|p| p.tracer.as_ref());
+                Some(traces::tracer(settings, old, metrics).map_err(|e| {
+                    ConfigErrors(vec![
+                        m.error_at(0..0, format!("cannot start span export: {e}")),
+                    ])
+                })?)
+            }
+            None => None,
+        };
         Ok(Snapshot {
             server,
             router: Router::new(rules),
@@ -252,6 +271,7 @@ impl Snapshot {
             policies,
             load_time: started.elapsed(),
             metrics: metrics.clone(),
+            tracer,
         })
     }
 }
