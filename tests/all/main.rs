@@ -23,4 +23,5 @@ mod sandbox;
 mod state;
 mod support;
 mod tls;
+mod traces;
 mod upstreams;
