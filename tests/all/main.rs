@@ -12,6 +12,7 @@ mod audit;
 mod chain;
 mod config_errors;
 mod containment;
+mod dashboard;
 mod hardening;
 mod hot_swap;
 mod observability;
