@@ -207,17 +207,18 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigErrors> {
         let started = Instant::now();
         let manifest = Manifest::load(path)?;
-        Self::resolve(&manifest, runtime, metrics, previous, started).await
+        Self::resolve(&manifest, runtime, metrics, previous, started, true).await
     }
 
     /// Resolves an already parsed (and possibly adjusted) manifest: `weir
-    /// test` points its upstreams at a stub before loading.
+    /// test` points its upstreams at a stub before loading. `[tracing]` is
+    /// checked but no spans are exported: test cases are not traffic.
     pub async fn from_manifest(
         m: &Manifest,
         runtime: &Arc<Runtime>,
         metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, ConfigErrors> {
-        Self::resolve(m, runtime, metrics, None, Instant::now()).await
+        Self::resolve(m, runtime, metrics, None, Instant::now(), false).await
     }
 
     /// The phases of a load, in order; every error is collected, so one
@@ -228,6 +229,7 @@ impl Snapshot {
         metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
         started: Instant,
+        export: bool,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut l = Loader {
             m,
@@ -252,7 +254,7 @@ impl Snapshot {
         if !l.errors.is_empty() {
             return Err(ConfigErrors(l.errors));
         }
-        let tracer = match tracing {
+        let tracer = match tracing.filter(|_| export) {
             Some(settings) => {
                 let old = previous.and_then(|p| p.tracer.as_ref());
                 Some(traces::tracer(settings, old, metrics).map_err(|e| {

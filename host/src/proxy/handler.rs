@@ -21,6 +21,11 @@
 //! `traceparent`, so plugins and the upstream see both; the client gets the
 //! request id back on every answer, errors included.
 //!
+//! With `[tracing]`, the sampling decision is made in [`RequestCtx::new`];
+//! a sampled request records its hook calls and upstream attempts as plain
+//! timings and hands them to the exporter in phase 7. Unsampled ones (and
+//! every request without `[tracing]`) carry `None` and record nothing.
+//!
 //! A plugin failure (trap, deadline, limit) never takes the gateway down: a
 //! fail-closed plugin answers its `fail_status` (503) and the upstream is
 //! not called; a fail-open plugin is skipped with its changes dropped.

@@ -128,8 +128,11 @@ impl Tracer {
             .should_sample(Some(&cx), trace_id, "", &SpanKind::Server, &[], &[])
             .decision;
         let sampled = decision == SamplingDecision::RecordAndSample;
-        let flags = if sampled { flags | 1 } else { flags & !1 };
-        trace.flags = format!("{flags:02x}");
+        let decided = if sampled { flags | 1 } else { flags & !1 };
+        if decided != flags {
+            trace.flags = format!("{decided:02x}");
+        }
+        let flags = decided;
         sampled.then(|| {
             Box::new(RequestSpans {
                 trace_id,
