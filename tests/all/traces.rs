@@ -431,6 +431,27 @@ async fn requests_go_on_when_the_collector_is_down_and_lost_spans_are_counted() 
     );
 }
 
+#[tokio::test]
+async fn a_reload_that_changes_the_endpoint_sends_later_spans_to_the_new_collector() {
+    let (first, second) = (Receiver::start().await, Receiver::start().await);
+    let origin = Upstream::start("origin").await;
+    let gw = TestGateway::start(&manifest(&first.url, &origin, 1.0)).await;
+    let traced = |trace: &str| format!("00-{trace}-{CALLER}-01");
+    let (t1, t2) = (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2",
+    );
+    gw.get_with("/trap", &[("traceparent", &traced(t1))]).await;
+    first.wait_for(t1, 2).await;
+
+    gw.rewrite(&manifest(&second.url, &origin, 1.0));
+    gw.gateway.reload().await.unwrap();
+    gw.get_with("/trap", &[("traceparent", &traced(t2))]).await;
+    second.wait_for(t2, 2).await;
+    assert!(first.spans(t2).is_empty());
+    assert!(second.spans(t1).is_empty());
+}
+
 /// The value of one exposition line, by its series text.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
