@@ -249,8 +249,7 @@ impl HyperClient {
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+            .with_tls_config(tls_config()?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -261,6 +260,21 @@ impl HyperClient {
             .build(connector);
         Ok(HyperClient { client, timeout })
     }
+}
+
+/// The system's roots; none found leaves `http://` collectors working and
+/// `https://` exports failing (and counted), rather than refusing the manifest.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        tracing::warn!("no system root certificates: https:// span export will fail");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| e.to_string())
 }
 
 #[async_trait::async_trait]
