@@ -245,6 +245,7 @@ async fn a_chained_request_exports_a_server_span_with_a_span_per_hook_and_upstre
     assert_eq!(server.attr("url.path"), "/chain/a");
     assert_eq!(server.attr("http.response.status_code"), "200");
     assert_eq!(server.attr("client.address"), "127.0.0.1");
+    assert_eq!(server.attr("network.peer.address"), "127.0.0.1");
     assert_eq!(
         server.attr("weir.request_id"),
         r.header("x-request-id").unwrap()

@@ -181,6 +181,9 @@ impl RequestCtx {
         let upgrade = edge::websocket_upgrade(&parts)
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         let state = self.edge_headers(&mut parts, path, authority, &route);
+        if let Some(spans) = &mut self.spans {
+            spans.client = Some(state.client);
+        }
 
         let mut chain = Chain::new(&route.chain);
         if self.spans.is_some() {
@@ -555,7 +558,7 @@ impl RequestCtx {
             route: self.access.route.as_deref(),
             path: self.access.path.as_deref().unwrap_or(self.raw_uri.path()),
             status: status.as_u16(),
-            client: self.conn.peer,
+            peer: self.conn.peer,
             request_id: self.request_id(),
             answered_by: self.access.answered_by.as_deref(),
         };

@@ -79,6 +79,9 @@ pub struct RequestSpans {
     wall: SystemTime,
     /// Hook calls, in the order they ran.
     pub hooks: Vec<HookRecord>,
+    /// The client as plugins see it (behind trusted proxies, the forwarded
+    /// one), once known: `client.address`.
+    pub client: Option<SocketAddr>,
     attempts: Vec<Attempt>,
 }
 
@@ -93,8 +96,9 @@ pub struct ServerSpan<'a> {
     pub path: &'a str,
     /// `http.response.status_code`.
     pub status: u16,
-    /// `client.address` and `client.port`.
-    pub client: SocketAddr,
+    /// The peer: `network.peer.address` (and `client.address` until the
+    /// forwarded client is known).
+    pub peer: SocketAddr,
     /// `weir.request_id`.
     pub request_id: &'a str,
     /// Who answered when the upstream did not (`weir.answered_by`).
@@ -142,6 +146,7 @@ impl Tracer {
                 started: Instant::now(),
                 wall: SystemTime::now(),
                 hooks: Vec::new(),
+                client: None,
                 attempts: Vec::new(),
             })
         })
@@ -226,12 +231,14 @@ impl RequestSpans {
     }
 
     fn server_span(&self, s: &ServerSpan<'_>) -> SpanData {
+        let client = self.client.unwrap_or(s.peer);
         let mut attrs = vec![
             KeyValue::new("http.request.method", s.method.to_string()),
             KeyValue::new("url.path", s.path.to_string()),
             KeyValue::new("http.response.status_code", i64::from(s.status)),
-            KeyValue::new("client.address", s.client.ip().to_string()),
-            KeyValue::new("client.port", i64::from(s.client.port())),
+            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("network.peer.address", s.peer.ip().to_string()),
+            KeyValue::new("network.peer.port", i64::from(s.peer.port())),
             KeyValue::new("weir.request_id", s.request_id.to_string()),
         ];
         if let Some(route) = s.route {
