@@ -71,6 +71,35 @@ pub struct Document {
     pub log: Log,
     /// `[admin]`: the admin listener (health, metrics, reload); none when absent.
     pub admin: Option<Spanned<Admin>>,
+    /// `[tracing]`: OpenTelemetry trace export over OTLP; off when absent.
+    pub tracing: Option<Spanned<Tracing>>,
+}
+
+/// `[tracing]`: spans of sampled requests sent to an OTLP collector.
+/// Defaults are [`crate::telemetry::otlp::TracingSettings`]'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// `endpoint`: the collector's OTLP/HTTP URL; `/v1/traces` is appended
+    /// when it has no path (`"http://127.0.0.1:4318"`).
+    pub endpoint: Spanned<String>,
+    /// `protocol`: `"http/protobuf"`, the only one built in.
+    pub protocol: Option<Spanned<String>>,
+    /// `headers_env`: an environment variable holding export headers as
+    /// `name=value,name2=value2` (read at load; credentials stay out of the manifest).
+    pub headers_env: Option<Spanned<String>>,
+    /// `sampling`: share of new traces sampled, 0.0 to 1.0 (default 1.0); a
+    /// caller's `traceparent` sampled flag decides for the traces it continues.
+    pub sampling: Option<Spanned<f64>>,
+    /// `service_name`: the resource's `service.name` (default `"weir"`).
+    pub service_name: Option<Spanned<String>>,
+    /// `resource`: more resource attributes, e.g. `{ "service.instance.id" = "gw-1" }`.
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// `queue`: requests whose spans may wait for export (default 2048); more are dropped and counted.
+    pub queue: Option<Spanned<usize>>,
+    /// `timeout`: time allowed for one export (default 10s).
+    pub timeout: Option<Duration>,
 }
 
 /// `[log]`.

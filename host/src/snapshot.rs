@@ -7,6 +7,7 @@
 
 mod admin;
 mod policy;
+mod traces;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -135,6 +136,9 @@ pub struct Snapshot {
     pub load_time: Duration,
     /// The gateway's metrics (shared by all its snapshots).
     pub metrics: Arc<Metrics>,
+    /// The span export pipeline, with `[tracing]` (shared with the previous
+    /// snapshot when its settings did not change).
+    pub tracer: Option<Arc<crate::telemetry::otlp::Tracer>>,
 }
 
 /// Every error found while loading a manifest.
@@ -203,17 +207,18 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigErrors> {
         let started = Instant::now();
         let manifest = Manifest::load(path)?;
-        Self::resolve(&manifest, runtime, metrics, previous, started).await
+        Self::resolve(&manifest, runtime, metrics, previous, started, true).await
     }
 
     /// Resolves an already parsed (and possibly adjusted) manifest: `weir
-    /// test` points its upstreams at a stub before loading.
+    /// test` points its upstreams at a stub before loading. `[tracing]` is
+    /// checked but no spans are exported: test cases are not traffic.
     pub async fn from_manifest(
         m: &Manifest,
         runtime: &Arc<Runtime>,
         metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, ConfigErrors> {
-        Self::resolve(m, runtime, metrics, None, Instant::now()).await
+        Self::resolve(m, runtime, metrics, None, Instant::now(), false).await
     }
 
     /// The phases of a load, in order; every error is collected, so one
@@ -224,6 +229,7 @@ impl Snapshot {
         metrics: &Arc<Metrics>,
         previous: Option<&Snapshot>,
         started: Instant,
+        export: bool,
     ) -> Result<Snapshot, ConfigErrors> {
         let mut l = Loader {
             m,
@@ -241,9 +247,24 @@ impl Snapshot {
             policies: &policies,
         };
         let (routes, rules) = resolve_routes(&mut l, &loaded).await;
+        let tracing = traces::settings(m).unwrap_or_else(|e| {
+            l.errors.extend(e);
+            None
+        });
         if !l.errors.is_empty() {
             return Err(ConfigErrors(l.errors));
         }
+        let tracer = match tracing.filter(|_| export) {
+            Some(settings) => {
+                let old = previous.and_then(|p| p.tracer.as_ref());
+                Some(traces::tracer(settings, old, metrics).map_err(|e| {
+                    ConfigErrors(vec![
+                        m.error_at(0..0, format!("cannot start span export: {e}")),
+                    ])
+                })?)
+            }
+            None => None,
+        };
         Ok(Snapshot {
             server,
             router: Router::new(rules),
@@ -252,6 +273,7 @@ impl Snapshot {
             policies,
             load_time: started.elapsed(),
             metrics: metrics.clone(),
+            tracer,
         })
     }
 }

@@ -1,9 +1,12 @@
 //! What an operator sees: logs ([`logging`]), Prometheus metrics
-//! ([`metrics`]), request ids and trace context ([`trace`]), and the
-//! one access record written per request ([`Access`]).
+//! ([`metrics`]), request ids and trace context ([`trace`]), the spans of
+//! sampled requests ([`spans`]) exported over OTLP ([`otlp`]), and the one
+//! access record written per request ([`Access`]).
 
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
+pub mod spans;
 pub mod trace;
 
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@ use super::host::http::{RequestState, ResponseState};
 use super::instance::{ChainPlugin, Lease, Outcome, PluginError};
 use crate::config::Fail;
 use crate::telemetry::metrics::Hook;
+use crate::telemetry::spans::{HookOutcome, HookRecord};
 
 /// An early answer from a request hook.
 #[derive(Debug)]
@@ -49,6 +50,8 @@ pub struct Chain<'a> {
     pub plugin_time: Duration,
     /// The plugin that answered early, if one did.
     pub answered_by: Option<Arc<str>>,
+    /// Hook calls, for a sampled request's spans (`None`: not recorded).
+    pub spans: Option<Vec<HookRecord>>,
 }
 
 impl<'a> Chain<'a> {
@@ -60,6 +63,7 @@ impl<'a> Chain<'a> {
             ran: Vec::new(),
             plugin_time: Duration::ZERO,
             answered_by: None,
+            spans: None,
         }
     }
 
@@ -93,6 +97,21 @@ impl<'a> Chain<'a> {
             let took = t.elapsed();
             self.plugin_time += took;
             plugin.metrics.called(Hook::Request, took);
+            if let Some(spans) = &mut self.spans {
+                spans.push(HookRecord {
+                    plugin: i,
+                    hook: Hook::Request,
+                    start: t,
+                    took,
+                    outcome: match &result {
+                        Ok((_, Outcome::Respond { status, .. })) => {
+                            HookOutcome::Respond(status.as_u16())
+                        }
+                        Ok(_) => HookOutcome::Continue,
+                        Err(e) => HookOutcome::Failed(e.kind.reason()),
+                    },
+                });
+            }
             match result {
                 Ok((back, outcome)) => {
                     state = back;
@@ -151,6 +170,18 @@ impl<'a> Chain<'a> {
             let took = t.elapsed();
             self.plugin_time += took;
             plugin.metrics.called(Hook::Response, took);
+            if let Some(spans) = &mut self.spans {
+                spans.push(HookRecord {
+                    plugin: i,
+                    hook: Hook::Response,
+                    start: t,
+                    took,
+                    outcome: match &result {
+                        Ok(_) => HookOutcome::Continue,
+                        Err(e) => HookOutcome::Failed(e.kind.reason()),
+                    },
+                });
+            }
             match result {
                 Ok(back) => (req, resp) = back,
                 Err(e) => {

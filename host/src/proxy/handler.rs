@@ -21,6 +21,11 @@
 //! `traceparent`, so plugins and the upstream see both; the client gets the
 //! request id back on every answer, errors included.
 //!
+//! With `[tracing]`, the sampling decision is made in [`RequestCtx::new`];
+//! a sampled request records its hook calls and upstream attempts as plain
+//! timings and hands them to the exporter in phase 7. Unsampled ones (and
+//! every request without `[tracing]`) carry `None` and record nothing.
+//!
 //! A plugin failure (trap, deadline, limit) never takes the gateway down: a
 //! fail-closed plugin answers its `fail_status` (503) and the upstream is
 //! not called; a fail-open plugin is skipped with its changes dropped.
@@ -43,6 +48,7 @@ use crate::plugin::{Chain, Early, Failed, RequestState, ResponseState};
 use crate::router::host_of;
 use crate::snapshot::{Route, ServerSettings, Snapshot};
 use crate::telemetry::metrics::Exchange;
+use crate::telemetry::spans::{RequestSpans, ServerSpan};
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
 use crate::upstream::{Endpoint, Target, echo, pool};
@@ -131,10 +137,15 @@ struct RequestCtx {
     body_unread: bool,
     /// Filled in for [`handle_observed`] only.
     observed: Option<Observed>,
+    /// A sampled request's spans (with `[tracing]`); `None` costs nothing.
+    spans: Option<Box<RequestSpans>>,
 }
 
 impl RequestCtx {
     fn new<B: RequestBody>(snap: Arc<Snapshot>, req: &Request<B>, conn: ConnInfo) -> RequestCtx {
+        let mut trace = TraceContext::from_headers(req.headers());
+        // The sampling decision, once, before the traceparent goes anywhere.
+        let spans = snap.tracer.as_ref().and_then(|t| t.begin(&mut trace));
         RequestCtx {
             snap,
             conn,
@@ -143,12 +154,13 @@ impl RequestCtx {
             method: req.method().clone(),
             raw_uri: req.uri().clone(),
             request_id: trace::request_id(req.headers()),
-            trace: TraceContext::from_headers(req.headers()),
+            trace,
             logging: tracing::enabled!(target: "weir::access", tracing::Level::INFO),
             access: Access::default(),
             route: None,
             body_unread: !req.body().is_end_stream(),
             observed: None,
+            spans,
         }
     }
 
@@ -162,15 +174,21 @@ impl RequestCtx {
         let (mut parts, body) = req.into_parts();
         check_limits(&parts, server)?;
         let path = normalise(&parts, server)?;
-        if self.logging {
+        if self.logging || self.spans.is_some() {
             self.access.path = Some(path.clone());
         }
         let (route, authority) = self.route(&parts, &path)?;
         let upgrade = edge::websocket_upgrade(&parts)
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         let state = self.edge_headers(&mut parts, path, authority, &route);
+        if let Some(spans) = &mut self.spans {
+            spans.client = Some(state.client);
+        }
 
         let mut chain = Chain::new(&route.chain);
+        if self.spans.is_some() {
+            chain.spans = Some(Vec::new());
+        }
         let (mut state, early) = self.request_chain(&mut chain, state).await?;
         if let Some(o) = &mut self.observed {
             o.vars.clone_from(&state.vars);
@@ -266,6 +284,7 @@ impl RequestCtx {
         // should not carry (and move) them in every request's future.
         let result = Box::pin(chain.request(state)).await;
         self.access.plugin_time = chain.plugin_time;
+        self.take_hooks(chain);
         if let Some(name) = &chain.answered_by {
             self.access.answered_by = Some(name.clone());
             self.access.short_circuit = Some(name.clone());
@@ -336,6 +355,7 @@ impl RequestCtx {
         }
         let result = Box::pin(chain.response(state, ResponseState { status, headers })).await;
         self.access.plugin_time = chain.plugin_time;
+        self.take_hooks(chain);
         let (_, resp) = result.map_err(plugin_failed)?;
         Ok(Answer {
             status: resp.status,
@@ -343,6 +363,13 @@ impl RequestCtx {
             body,
             framing,
         })
+    }
+
+    /// Moves the chain's hook records into the request's spans.
+    fn take_hooks(&mut self, chain: &mut Chain<'_>) {
+        if let (Some(spans), Some(hooks)) = (&mut self.spans, &mut chain.spans) {
+            spans.hooks.append(hooks);
+        }
     }
 
     /// Sends the request upstream: the body (a small one read whole first),
@@ -420,10 +447,16 @@ impl RequestCtx {
             } else {
                 std::mem::take(&mut headers)
             };
+            if let Some(spans) = &mut self.spans {
+                attempt_span(spans, &self.trace, &mut req, endpoint, metrics);
+            }
 
             let sent = Instant::now();
             let result = attempt(upstream, endpoint, req, server, client_done.as_deref()).await;
             let took = sent.elapsed();
+            if let Some(spans) = &mut self.spans {
+                spans.attempt_done(result.as_ref().map(|(r, _)| r.status().as_u16()));
+            }
             self.access.upstream_time = Some(self.access.upstream_time.unwrap_or_default() + took);
             if let Some(m) = metrics {
                 m.exchanged(exchange(result.as_ref().map(|_| ())), took);
@@ -485,7 +518,7 @@ impl RequestCtx {
 
     /// Phase 7, **finish**: connection handling after an unread body, the
     /// request id on the answer, route metrics and the access record.
-    fn finish(&self, mut resp: Response<Body>) -> Response<Body> {
+    fn finish(&mut self, mut resp: Response<Body>) -> Response<Body> {
         if self.http1 && self.body_unread {
             // Answered without reading the body (a plugin's 401, an error): close
             // rather than let its bytes be read as the next request.
@@ -509,7 +542,32 @@ impl RequestCtx {
             trace_id: &self.trace.trace_id,
         };
         log_access(&info, &self.access, resp.status(), bytes, elapsed);
+        if let Some(spans) = self.spans.take() {
+            self.export_spans(*spans, resp.status());
+        }
         resp
+    }
+
+    /// Queues a sampled request's spans for export.
+    fn export_spans(&self, spans: RequestSpans, status: http::StatusCode) {
+        let Some(tracer) = &self.snap.tracer else {
+            return;
+        };
+        let server = ServerSpan {
+            method: self.method.as_str(),
+            route: self.access.route.as_deref(),
+            path: self.access.path.as_deref().unwrap_or(self.raw_uri.path()),
+            status: status.as_u16(),
+            peer: self.conn.peer,
+            request_id: self.request_id(),
+            answered_by: self.access.answered_by.as_deref(),
+        };
+        let chain = self.route.as_ref().map_or(&[][..], |r| &r.chain[..]);
+        spans.finish(tracer, &server, |i| {
+            chain
+                .get(i)
+                .map_or(("?", ""), |p| (&*p.plugin.name, p.plugin.sha256.as_str()))
+        });
     }
 }
 
@@ -707,6 +765,25 @@ async fn attempt(
     let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
         .then(|| hyper::upgrade::on(&mut resp));
     Ok((resp, up))
+}
+
+/// Starts a sampled request's span for one upstream attempt; the
+/// upstream's parent is that span.
+fn attempt_span(
+    spans: &mut RequestSpans,
+    tc: &TraceContext,
+    req: &mut Request<Body>,
+    endpoint: &Endpoint,
+    metrics: Option<&crate::telemetry::metrics::TargetMetrics>,
+) {
+    let target = metrics.map_or_else(
+        || Arc::from(endpoint.target.to_string()),
+        |m| m.label.clone(),
+    );
+    let id = spans.attempt(target);
+    if let Ok(v) = HeaderValue::from_str(&tc.traceparent_with(&id)) {
+        req.headers_mut().insert(trace::TRACEPARENT, v);
+    }
 }
 
 /// A fail-closed plugin's failure, as the request's error.

@@ -107,6 +107,11 @@ struct PluginInfo {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropReason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadResult {
     result: &'static str,
 }
@@ -131,6 +136,8 @@ pub struct Metrics {
     last_reload: Gauge<f64, AtomicU64>,
     connections_open: Gauge,
     connections: Counter,
+    spans_exported: Counter,
+    spans_dropped: Family<DropReason, Counter>,
     custom: Arc<CustomCounters>,
     unrouted: RouteMetrics,
 }
@@ -264,6 +271,21 @@ impl Metrics {
             "Downstream connections accepted",
             connections.clone(),
         );
+        let spans_exported = Counter::default();
+        r.register(
+            "weir_trace_spans_exported",
+            "Spans the OTLP collector accepted ([tracing])",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Family::<DropReason, Counter>::default();
+        r.register(
+            "weir_trace_spans_dropped",
+            "Spans not exported, by reason (queue_full, export_failed); requests are never held for them",
+            spans_dropped.clone(),
+        );
+        for reason in SpanDrops::REASONS {
+            let _ = spans_dropped.get_or_create(&DropReason { reason });
+        }
         let custom = Arc::new(CustomCounters::default());
         r.register_collector(Box::new(custom.clone()));
 
@@ -286,6 +308,8 @@ impl Metrics {
             last_reload,
             connections_open,
             connections,
+            spans_exported,
+            spans_dropped,
             custom,
             unrouted: RouteMetrics::placeholder(),
         };
@@ -372,6 +396,19 @@ impl Metrics {
         }
     }
 
+    /// The span export counters ([`crate::telemetry::otlp`]).
+    pub fn span_export(&self) -> SpanDrops {
+        let drop = |reason| {
+            self.spans_dropped
+                .get_or_create_owned(&DropReason { reason })
+        };
+        SpanDrops {
+            exported: self.spans_exported.clone(),
+            queue_full: drop("queue_full"),
+            export_failed: drop("export_failed"),
+        }
+    }
+
     /// Counts a reload; a successful one also stamps the time.
     pub fn reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "refused" };
@@ -433,6 +470,22 @@ impl Metrics {
                 .set(idle as i64);
         }
     }
+}
+
+/// What became of the spans handed to the exporter.
+#[derive(Clone, Debug)]
+pub struct SpanDrops {
+    /// Accepted by the collector.
+    pub exported: Counter,
+    /// Refused because the export queue was full.
+    pub queue_full: Counter,
+    /// Lost in an export that failed (collector down, refused, timed out).
+    pub export_failed: Counter,
+}
+
+impl SpanDrops {
+    /// The `reason` labels of `weir_trace_spans_dropped`.
+    pub const REASONS: [&'static str; 2] = ["queue_full", "export_failed"];
 }
 
 /// Decrements the open-connection gauge when dropped.

@@ -113,8 +113,13 @@ impl TraceContext {
 
     /// The `traceparent` value sent upstream: same trace, this hop's span.
     pub fn traceparent(&self) -> String {
+        self.traceparent_with(&self.span_id)
+    }
+
+    /// A `traceparent` in this trace naming `span_id` (an upstream attempt's span) as the parent.
+    pub fn traceparent_with(&self, span_id: &str) -> String {
         let mut v = String::with_capacity(55);
-        for part in ["00", &self.trace_id, &self.span_id, &self.flags] {
+        for part in ["00", &self.trace_id, span_id, &self.flags] {
             if !v.is_empty() {
                 v.push('-');
             }
