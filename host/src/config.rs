@@ -70,6 +70,56 @@ pub struct Document {
     pub log: Log,
     /// `[admin]`: the admin listener (health, metrics, reload); none when absent.
     pub admin: Option<Spanned<Admin>>,
+    /// `[state]`: where plugins' host state lives; in memory when absent.
+    pub state: Option<Spanned<State>>,
+}
+
+/// `[state]`: the backend of the `weir:plugin/state` interface, shared by
+/// every plugin unless one says `state = "memory"`.
+///
+/// ```toml
+/// [state]
+/// backend = "redis://10.0.0.5:6379/0"   # or "rediss://..." (TLS), or "memory"
+/// password_env = "WEIR_REDIS_PASSWORD"  # the password, never in the URL
+/// timeout = "50ms"                      # one round trip, then the failure policy
+/// prefix = "weir"                       # keys are `prefix:plugin:key`
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `backend`: `"memory"` (default) or a `redis://` / `rediss://` URL with an optional `/db`.
+    pub backend: Spanned<String>,
+    /// `password_env`: the environment variable holding the Redis password, read at load.
+    pub password_env: Option<Spanned<String>>,
+    /// `timeout`: longest wait for one Redis round trip (default `"50ms"`).
+    pub timeout: Option<Spanned<Duration>>,
+    /// `prefix`: the first part of every key (default `"weir"`), so gateways
+    /// that must not share limits can share one Redis.
+    pub prefix: Option<Spanned<String>>,
+}
+
+/// `[plugins.NAME] state`: which backend holds the plugin's host state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// `[state] backend` (in memory when there is no `[state]`).
+    #[default]
+    Shared,
+    /// This gateway's memory, whatever `[state]` says.
+    Memory,
+}
+
+/// `[plugins.NAME] state_failure`: what a state call does while the shared
+/// backend is unreachable or slower than `[state] timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFailure {
+    /// Count in this gateway's memory until the backend is back (limits
+    /// then hold per gateway, not across them).
+    #[default]
+    Open,
+    /// Trap: the hook fails and the route's `fail` policy answers.
+    Closed,
 }
 
 /// `[log]`.
@@ -479,6 +529,13 @@ pub struct Plugin {
     /// `max_state_bytes`: host state the plugin may hold, counted as each key's
     /// length plus a fixed cost per entry (default `"1MiB"`, at least `"1KiB"`).
     pub max_state_bytes: Option<Spanned<ByteSize>>,
+    /// `state`: `"shared"` (default: `[state] backend`) or `"memory"` (this gateway only).
+    #[serde(default)]
+    pub state: StateBackend,
+    /// `state_failure`: `"open"` (default: local state while the shared
+    /// backend is down) or `"closed"` (state calls trap).
+    #[serde(default)]
+    pub state_failure: StateFailure,
     /// `grants`: capabilities beyond the inert default.
     #[serde(default)]
     pub grants: Grants,
