@@ -11,6 +11,9 @@
 //! [plugins.key-auth]
 //! path = "plugins/key_auth.wasm"
 //!
+//! [state]
+//! backend = "redis://127.0.0.1:6379/0"
+//!
 //! [[routes]]
 //! id = "api"
 //! prefix = "/api"
