@@ -163,13 +163,13 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                     // Fail-closed plugins answer 503 anyway: say so to the balancer.
                     Some((url, true)) => text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
+                        format!(
                             "state backend {url} unreachable: fail-closed plugins refuse requests\n"
                         ),
                     ),
                     Some((url, false)) => text(
                         StatusCode::OK,
-                        &format!(
+                        format!(
                             "ready; state backend {url} unreachable: plugins count in local memory\n"
                         ),
                     ),

@@ -86,6 +86,7 @@ pub struct Document {
 /// password_env = "WEIR_REDIS_PASSWORD"  # the password, never in the URL
 /// timeout = "50ms"                      # one round trip, then the failure policy
 /// prefix = "weir"                       # keys are `prefix:plugin:key`
+/// ca = "redis-ca.pem"                   # rediss:// only: trusted CAs (system roots by default)
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +100,9 @@ pub struct State {
     /// `prefix`: the first part of every key (default `"weir"`), so gateways
     /// that must not share limits can share one Redis.
     pub prefix: Option<Spanned<String>>,
+    /// `ca`: PEM file of CA certificates trusted for a `rediss://` backend
+    /// (relative to the manifest); the system's roots when absent.
+    pub ca: Option<Spanned<PathBuf>>,
 }
 
 /// `[plugins.NAME] state`: which backend holds the plugin's host state.

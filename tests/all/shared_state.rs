@@ -11,32 +11,80 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Resp, TestGateway, Upstream, eventually, get_url, logs, plugin};
+use crate::support::{Resp, TestCa, TestGateway, Upstream, eventually, get_url, logs, plugin};
 
 /// A `redis-server` of this test's own, without persistence.
 struct Redis {
     port: u16,
     child: Child,
+    /// Arguments of `redis-server` beyond the common ones.
+    server: Vec<String>,
+    /// Arguments `redis-cli` needs to reach it.
+    cli: Vec<String>,
 }
 
 impl Redis {
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("no free port")
-            .port();
+        let port = free_port();
+        Self::start_with(port, vec!["--port".into(), port.to_string()], vec![])
+    }
+
+    /// TLS only, with `password`: `dir` holds `ca.pem`, `redis.pem`, `redis-key.pem`.
+    fn start_tls(dir: &std::path::Path, password: &str) -> Redis {
+        let port = free_port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let server = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &file("redis.pem"),
+            "--tls-key-file",
+            &file("redis-key.pem"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        let cli = [
+            "--tls",
+            "--cacert",
+            &file("ca.pem"),
+            "-a",
+            password,
+            "--no-auth-warning",
+        ];
+        let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+        Self::start_with(port, strings(&server), strings(&cli))
+    }
+
+    fn start_with(port: u16, server: Vec<String>, cli: Vec<String>) -> Redis {
         let mut redis = Redis {
             port,
-            child: Self::spawn(port),
+            child: Self::spawn(&server),
+            server,
+            cli,
         };
         redis.wait_ready();
         redis
     }
 
-    fn spawn(port: u16) -> Child {
+    fn spawn(server: &[String]) -> Child {
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .args(server)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                "/tmp",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -68,6 +116,7 @@ impl Redis {
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli)
             .args(args)
             .output()
             .expect("redis-cli (from the redis-tools package) is missing");
@@ -111,7 +160,7 @@ impl Redis {
     /// A fresh, empty server on the same port.
     fn restart(&mut self) {
         self.kill();
-        self.child = Self::spawn(self.port);
+        self.child = Self::spawn(&self.server);
         self.wait_ready();
     }
 }
@@ -121,6 +170,13 @@ impl Drop for Redis {
         self.resume();
         self.kill();
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free port")
+        .port()
 }
 
 /// A manifest whose `[state]` is `redis`, with `body` after it.
@@ -463,6 +519,50 @@ config = {{ rate = 100, per = "1h", key = "route" }}
     assert_eq!(redis.keys("weir:open-limit:*t3").len(), 1);
     assert_eq!(logged(&redis, "state backend reachable again"), 2);
     assert_eq!(metric(&gw, &redis, "weir_state_backend_up", "").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password_from_the_environment_shares_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    ca.issue(&["127.0.0.1"]).write(dir.path(), "redis");
+    // Cargo sets this for every test process; tests cannot set variables of
+    // their own (`set_var` is unsafe), and any variable makes the point.
+    let password = std::env::var("CARGO_PKG_NAME").unwrap();
+    let redis = Redis::start_tls(dir.path(), &password);
+    let manifest = format!(
+        r#"
+[state]
+backend = "rediss://127.0.0.1:{port}/0"
+ca = "ca.pem"
+password_env = "CARGO_PKG_NAME"
+
+[plugins.limiter]
+path = "{rate_limit}"
+
+[[routes]]
+id = "tls-state"
+prefix = "/api"
+upstream = "builtin:echo"
+[[routes.plugins]]
+name = "limiter"
+config = {{ rate = 2, per = "1h", key = "route" }}
+"#,
+        port = redis.port,
+        rate_limit = plugin("rate_limit"),
+    );
+    let gw = TestGateway::start_in(dir, &manifest).await;
+    for left in ["1", "0"] {
+        let r = answered(&gw, "/api/x", &[]).await;
+        assert_eq!(r.header("ratelimit-remaining"), Some(left), "{}", r.body);
+    }
+    assert_eq!(answered(&gw, "/api/x", &[]).await.status, 429);
+    assert_eq!(
+        redis.keys("weir:limiter:*").len(),
+        1,
+        "counted on the TLS Redis"
+    );
 }
 
 #[tokio::test]

@@ -37,8 +37,10 @@ pub(super) fn resolve_state(
             ),
         );
     }
+    // The checks below each report, so one `weir check` lists every problem.
+    let before = l.errors.len();
     if has_password(url) {
-        return l.err(
+        l.err::<()>(
             state.backend.span(),
             "the state backend URL holds a password",
             Some("remove it from the URL (`redis://HOST:PORT/DB`, a user name may stay: `redis://USER@HOST`), put it in an environment variable and name that variable in `password_env = \"WEIR_REDIS_PASSWORD\"`".into()),
@@ -49,33 +51,57 @@ pub(super) fn resolve_state(
         Some(env) => match std::env::var(env.get_ref()) {
             Ok(v) if !v.is_empty() => Some(v),
             _ => {
-                return l.err(
+                l.err::<()>(
                     env.span(),
                     format!("environment variable `{}` is not set or empty", env.get_ref()),
                     Some("export the Redis password in it before starting weir, or remove `password_env`".into()),
                 );
+                None
             }
         },
     };
-    let timeout = check_timeout(l, state)?;
+    let timeout = check_timeout(l, state);
     let prefix = match &state.prefix {
         None => "weir".to_string(),
         Some(p) if !p.get_ref().is_empty() && !p.get_ref().contains(char::is_whitespace) => {
             p.get_ref().clone()
         }
         Some(p) => {
-            return l.err(
+            l.err::<()>(
                 p.span(),
                 format!("invalid state key prefix `{}`", p.get_ref()),
                 Some("use a word without spaces, e.g. \"weir\" or \"weir-eu\"".into()),
             );
+            String::new()
         }
     };
+    let ca = state.ca.as_ref().and_then(|c| {
+        if !url.starts_with("rediss://") {
+            return l.err(
+                c.span(),
+                "`[state] ca` is for a `rediss://` (TLS) backend",
+                Some("use a `rediss://` URL, or remove `ca`".into()),
+            );
+        }
+        let path = l.m.base_dir().join(c.get_ref());
+        match std::fs::read(&path) {
+            Ok(pem) => Some(pem),
+            Err(e) => l.err(
+                c.span(),
+                format!("cannot read `{}`: {e}", path.display()),
+                Some("`ca` is a PEM file of CA certificates, relative to the manifest".into()),
+            ),
+        }
+    });
+    if l.errors.len() != before {
+        return None;
+    }
     let settings = RedisSettings {
         url: url.to_string(),
         password,
-        timeout,
+        timeout: timeout?,
         prefix,
+        ca,
     };
     if let Some(same) = previous
         .and_then(|p| p.state.as_ref())
@@ -96,13 +122,15 @@ pub(super) fn resolve_state(
 
 /// `[state] timeout`: within bounds, and shorter than the `call_timeout` of
 /// every plugin on the shared backend (else a slow Redis would time the
-/// whole hook out and the failure policy would never apply).
+/// whole hook out and `state_failure` would never apply).
 fn check_timeout(l: &mut Loader<'_>, state: &config::State) -> Option<Duration> {
-    let Some(t) = &state.timeout else {
-        return Some(DEFAULT_TIMEOUT);
-    };
-    let timeout = t.get_ref().0;
-    if timeout > MAX_TIMEOUT {
+    let timeout = state
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_TIMEOUT, |t| t.get_ref().0);
+    if let Some(t) = &state.timeout
+        && timeout > MAX_TIMEOUT
+    {
         return l.err(
             t.span(),
             format!("`[state] timeout` is {timeout:?}, more than {MAX_TIMEOUT:?}"),
@@ -114,18 +142,21 @@ fn check_timeout(l: &mut Loader<'_>, state: &config::State) -> Option<Duration> 
     }
     let doc = &l.m.doc;
     let too_long = doc.plugins.iter().find_map(|(name, p)| {
-        let call_timeout = p
+        let (call_timeout, span) = p
             .call_timeout
             .as_ref()
-            .map_or(Limits::default().call_timeout, |c| c.get_ref().0);
+            .map_or((Limits::default().call_timeout, name.span()), |c| {
+                (c.get_ref().0, c.span())
+            });
         (p.state == StateBackend::Shared && call_timeout <= timeout)
-            .then(|| (name.get_ref().to_string(), call_timeout))
+            .then(|| (name.get_ref().to_string(), call_timeout, span))
     });
-    if let Some((name, call_timeout)) = too_long {
+    if let Some((name, call_timeout, span)) = too_long {
+        let span = state.timeout.as_ref().map_or(span, |t| t.span());
         return l.err(
-            t.span(),
+            span,
             format!("`[state] timeout` ({timeout:?}) is not shorter than plugin `{name}`'s `call_timeout` ({call_timeout:?})"),
-            Some("lower `[state] timeout`, or raise that plugin's `call_timeout`".into()),
+            Some("lower `[state] timeout` (default 50ms), or raise that plugin's `call_timeout`".into()),
         );
     }
     Some(timeout)

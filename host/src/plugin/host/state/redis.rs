@@ -107,6 +107,8 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// First part of every key.
     pub prefix: String,
+    /// PEM CA certificates trusted for `rediss://`; the system's roots when `None`.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -116,6 +118,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("timeout", &self.timeout)
             .field("prefix", &self.prefix)
+            .field("ca", &self.ca.as_ref().map(|_| "<pem>"))
             .finish()
     }
 }
@@ -164,7 +167,17 @@ impl RedisBackend {
             let redis = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(redis);
         }
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let client = match &settings.ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| e.to_string())?;
         // Few, quick reconnect attempts: callers never wait past `timeout`
         // anyway, and the probe keeps trying.
         let config = ConnectionManagerConfig::new()
@@ -381,9 +394,11 @@ mod tests {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}): `apt-get install -y redis-server`")
             });
+        // Owned first, so a panic below still kills and reaps it.
+        let server = Server(child, port);
         for _ in 0..250 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Server(child, port);
+                return server;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -396,6 +411,7 @@ mod tests {
             password: None,
             timeout: Duration::from_secs(2),
             prefix: "unit".into(),
+            ca: None,
         };
         RedisBackend::new(settings, Metrics::new().state_backend("unit")).unwrap()
     }
