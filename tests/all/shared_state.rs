@@ -187,6 +187,24 @@ fn on_redis(redis: &Redis, body: &str) -> String {
     )
 }
 
+/// `[plugins.NAME]`: the bundled rate-limit plugin, with `extra` keys.
+fn limiter(name: &str, extra: &str) -> String {
+    format!(
+        "[plugins.{name}]\npath = \"{}\"\n{extra}\n\n",
+        plugin("rate_limit")
+    )
+}
+
+/// Route `id` at `prefix` to `upstream` through `chain`: (plugin, its config table) in order.
+fn route(id: &str, prefix: &str, upstream: &str, chain: &[(&str, &str)]) -> String {
+    let mut r =
+        format!("[[routes]]\nid = \"{id}\"\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\n");
+    for (name, config) in chain {
+        r += &format!("[[routes.plugins]]\nname = \"{name}\"\nconfig = {config}\n");
+    }
+    r + "\n"
+}
+
 /// A GET that must be answered, whatever Redis does: a request hanging
 /// past every timeout fails the test instead of hanging it.
 async fn answered(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Resp {
@@ -220,22 +238,13 @@ async fn a_limit_of_10_holds_across_two_gateways_sharing_one_redis() {
     let up = Upstream::start("u").await;
     let manifest = on_redis(
         &redis,
-        &format!(
-            r#"
-[plugins.limiter]
-path = "{rate_limit}"
-
-[[routes]]
-id = "cluster"
-prefix = "/api"
-upstream = "{up}"
-[[routes.plugins]]
-name = "limiter"
-config = {{ rate = 10, per = "1h", key = "route" }}
-"#,
-            rate_limit = plugin("rate_limit"),
-            up = up.url(),
-        ),
+        &(limiter("limiter", "")
+            + &route(
+                "cluster",
+                "/api",
+                &up.url(),
+                &[("limiter", "{ rate = 10, per = \"1h\", key = \"route\" }")],
+            )),
     );
     let (a, b) = (
         TestGateway::start(&manifest).await,
@@ -285,30 +294,17 @@ async fn two_plugins_with_the_same_keys_keep_their_state_apart_on_one_redis() {
     let redis = Redis::start();
     let up = Upstream::start("u").await;
     // Same plugin, same config, same route: the same key strings, twice.
+    let config = "{ rate = 2, per = \"1h\", key = \"route\" }";
     let manifest = on_redis(
         &redis,
-        &format!(
-            r#"
-[plugins.limiter-a]
-path = "{rate_limit}"
-
-[plugins.limiter-b]
-path = "{rate_limit}"
-
-[[routes]]
-id = "isolated"
-prefix = "/api"
-upstream = "{up}"
-[[routes.plugins]]
-name = "limiter-a"
-config = {{ rate = 2, per = "1h", key = "route" }}
-[[routes.plugins]]
-name = "limiter-b"
-config = {{ rate = 2, per = "1h", key = "route" }}
-"#,
-            rate_limit = plugin("rate_limit"),
-            up = up.url(),
-        ),
+        &(limiter("limiter-a", "")
+            + &limiter("limiter-b", "")
+            + &route(
+                "isolated",
+                "/api",
+                &up.url(),
+                &[("limiter-a", config), ("limiter-b", config)],
+            )),
     );
     let gw = TestGateway::start(&manifest).await;
     // One shared bucket would lose two tokens a request and refuse the second.
@@ -339,22 +335,11 @@ async fn a_hot_swapped_rate_limit_plugin_keeps_its_counters_in_redis() {
     std::fs::write(dir.path().join("rate-limit-v1.wasm"), &v1).unwrap();
     std::fs::write(dir.path().join("rate-limit-v2.wasm"), &v2).unwrap();
     let manifest = |file: &str| {
+        let config = "{ rate = 5, per = \"1h\", key = \"route\" }";
         on_redis(
             &redis,
-            &format!(
-                r#"
-[plugins.limiter]
-path = "{file}"
-
-[[routes]]
-id = "swapped"
-prefix = "/api"
-upstream = "builtin:echo"
-[[routes.plugins]]
-name = "limiter"
-config = {{ rate = 5, per = "1h", key = "route" }}
-"#
-            ),
+            &(format!("[plugins.limiter]\npath = \"{file}\"\n\n")
+                + &route("swapped", "/api", "builtin:echo", &[("limiter", config)])),
         )
     };
     let gw = TestGateway::start_in(dir, &manifest("rate-limit-v1.wasm")).await;
@@ -390,35 +375,26 @@ async fn when_redis_stalls_or_dies_fail_open_counts_locally_fail_closed_answers_
     let up = Upstream::start("u").await;
     let manifest = on_redis(
         &redis,
-        &format!(
-            r#"
-[plugins.open-limit]
-path = "{rate_limit}"
-state_failure = "open"
-
-[plugins.closed-limit]
-path = "{rate_limit}"
-state_failure = "closed"
-
-[[routes]]
-id = "outage-open"
-prefix = "/open"
-upstream = "{up}"
-[[routes.plugins]]
-name = "open-limit"
-config = {{ rate = 3, per = "1h", key = "header:x-tenant" }}
-
-[[routes]]
-id = "outage-closed"
-prefix = "/closed"
-upstream = "{up}"
-[[routes.plugins]]
-name = "closed-limit"
-config = {{ rate = 100, per = "1h", key = "route" }}
-"#,
-            rate_limit = plugin("rate_limit"),
-            up = up.url(),
-        ),
+        &(limiter("open-limit", "state_failure = \"open\"")
+            + &limiter("closed-limit", "state_failure = \"closed\"")
+            + &route(
+                "outage-open",
+                "/open",
+                &up.url(),
+                &[(
+                    "open-limit",
+                    "{ rate = 3, per = \"1h\", key = \"header:x-tenant\" }",
+                )],
+            )
+            + &route(
+                "outage-closed",
+                "/closed",
+                &up.url(),
+                &[(
+                    "closed-limit",
+                    "{ rate = 100, per = \"1h\", key = \"route\" }",
+                )],
+            )),
     );
     let gw = TestGateway::start(&manifest).await;
     let open = async |tenant: &str| answered(&gw, "/open/x", &[("x-tenant", tenant)]).await;
@@ -532,25 +508,16 @@ async fn rediss_with_a_private_ca_and_a_password_from_the_environment_shares_sta
     let password = std::env::var("CARGO_PKG_NAME").unwrap();
     let redis = Redis::start_tls(dir.path(), &password);
     let manifest = format!(
-        r#"
-[state]
-backend = "rediss://127.0.0.1:{port}/0"
-ca = "ca.pem"
-password_env = "CARGO_PKG_NAME"
-
-[plugins.limiter]
-path = "{rate_limit}"
-
-[[routes]]
-id = "tls-state"
-prefix = "/api"
-upstream = "builtin:echo"
-[[routes.plugins]]
-name = "limiter"
-config = {{ rate = 2, per = "1h", key = "route" }}
-"#,
-        port = redis.port,
-        rate_limit = plugin("rate_limit"),
+        "[state]\nbackend = \"rediss://127.0.0.1:{}/0\"\nca = \"ca.pem\"\n\
+         password_env = \"CARGO_PKG_NAME\"\n\n{}{}",
+        redis.port,
+        limiter("limiter", ""),
+        route(
+            "tls-state",
+            "/api",
+            "builtin:echo",
+            &[("limiter", "{ rate = 2, per = \"1h\", key = \"route\" }")]
+        ),
     );
     let gw = TestGateway::start_in(dir, &manifest).await;
     for left in ["1", "0"] {

@@ -116,7 +116,8 @@ impl Host for HostState {
         check_key(&key)?;
         let s = &self.state;
         if let Some(r) = s.remote()? {
-            match r.backend.incr_window(&r.key(&key), delta, window_ms).await {
+            // Boxed: the round trip's state stays out of the memory path's future.
+            match Box::pin(r.backend.incr_window(&r.key(&key), delta, window_ms)).await {
                 Ok(count) => return Ok(count),
                 Err(e) => r.fall_back(e)?,
             }
@@ -134,7 +135,7 @@ impl Host for HostState {
         check_key(&key)?;
         let s = &self.state;
         if let Some(r) = s.remote()? {
-            match r.backend.take(&r.key(&key), bucket, cost).await {
+            match Box::pin(r.backend.take(&r.key(&key), bucket, cost)).await {
                 Ok(result) => return Ok(result),
                 Err(e) => r.fall_back(e)?,
             }
