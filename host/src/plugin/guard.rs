@@ -9,10 +9,14 @@
 //!   [`BREAKER_COOLDOWN`]; then one trial call runs, and its outcome closes or
 //!   reopens the breaker.
 //!
+//! A call that waits outside the sandbox (a Redis round trip) lends its place
+//! to another call meanwhile ([`Guard::lend`]): waiting holds no worker, so
+//! it holds no place either.
+//!
 //! A healthy plugin pays one uncontended semaphore acquire per call.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -36,6 +40,9 @@ pub fn default_concurrency() -> u32 {
 #[derive(Debug)]
 pub(crate) struct Guard {
     permits: Semaphore,
+    /// Places lent by calls cancelled before they took them back: permits
+    /// to forget as they come back (see [`Lent`]).
+    owed: AtomicUsize,
     strikes: AtomicU32,
     /// While open: when a trial may run.
     open_until: Mutex<Option<Instant>>,
@@ -71,6 +78,7 @@ impl Guard {
     ) -> Guard {
         Guard {
             permits: Semaphore::new(max_concurrency.max(1) as usize),
+            owed: AtomicUsize::new(0),
             strikes: AtomicU32::new(0),
             open_until: Mutex::new(None),
             open: AtomicBool::new(false),
@@ -86,7 +94,11 @@ impl Guard {
         if let Some(retry_in) = self.cooling() {
             return Some(Err(Open { retry_in }));
         }
-        let permit = self.permits.try_acquire().ok()?;
+        let permit = loop {
+            if let Some(p) = self.keep(self.permits.try_acquire().ok()?) {
+                break p;
+            }
+        };
         Some(self.admit().map(|trial| Pass {
             guard: self,
             _permit: permit,
@@ -101,12 +113,17 @@ impl Guard {
         if let Some(retry_in) = self.cooling() {
             return Err(Open { retry_in });
         }
-        let permit = match self.permits.try_acquire() {
-            Ok(p) => p,
-            // The semaphore is never closed.
-            Err(_) => self.permits.acquire().await.map_err(|_| Open {
-                retry_in: Duration::ZERO,
-            })?,
+        let permit = loop {
+            let p = match self.permits.try_acquire() {
+                Ok(p) => p,
+                // The semaphore is never closed.
+                Err(_) => self.permits.acquire().await.map_err(|_| Open {
+                    retry_in: Duration::ZERO,
+                })?,
+            };
+            if let Some(p) = self.keep(p) {
+                break p;
+            }
         };
         // Decided holding the place: the call before may have just opened the breaker.
         let trial = self.admit()?;
@@ -116,6 +133,31 @@ impl Guard {
             trial,
             finished: false,
         })
+    }
+
+    /// `permit`, unless it pays back a place owed by a cancelled [`Lent`].
+    fn keep<'a>(&self, permit: SemaphorePermit<'a>) -> Option<SemaphorePermit<'a>> {
+        let owed = self.owed.load(Ordering::Relaxed) > 0
+            && self
+                .owed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        if owed {
+            permit.forget();
+            return None;
+        }
+        Some(permit)
+    }
+
+    /// Lends the running call's place to another call while this one waits
+    /// outside the sandbox; [`Lent::resume`] takes a place back before wasm
+    /// runs on.
+    pub(crate) fn lend(self: &Arc<Self>) -> Lent {
+        self.permits.add_permits(1);
+        Lent {
+            guard: self.clone(),
+            resumed: false,
+        }
     }
 
     /// Time left while the breaker is open and cooling down.
@@ -172,6 +214,37 @@ impl Guard {
     /// Whether the breaker is open now (for metrics and the admin API).
     pub(crate) fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+/// A place lent by a waiting call ([`Guard::lend`]).
+pub(crate) struct Lent {
+    guard: Arc<Guard>,
+    resumed: bool,
+}
+
+impl Lent {
+    /// Waits for a place again (counted against `call_timeout`, like entering).
+    pub(crate) async fn resume(mut self) {
+        if let Ok(p) = self.guard.permits.acquire().await {
+            p.forget();
+        }
+        self.resumed = true;
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Cancelled before taking a place back: the call's own place comes
+        // back when it ends, one too many. Forget one now, or the next that comes back.
+        if !self.resumed {
+            match self.guard.permits.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => {
+                    self.guard.owed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -232,6 +305,26 @@ mod tests {
         *g.open_until.lock().unwrap() = Some(Instant::now());
         g.enter().await.unwrap().done(false);
         assert!(!g.is_open());
+        g.enter().await.unwrap().done(false);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_lends_its_place_and_the_cap_holds_after() {
+        let g = Arc::new(guard(1));
+        let first = g.enter().await.unwrap();
+        let lent = g.lend();
+        let second = g.try_enter().expect("the lent place").unwrap();
+        let back = tokio::time::timeout(Duration::from_millis(50), lent.resume()).await;
+        assert!(back.is_err(), "taking it back waits for the borrower");
+        // That resume was cancelled (as by a call timeout): the place is owed.
+        second.done(false);
+        first.done(false);
+        let only = g.enter().await.unwrap();
+        assert!(g.try_enter().is_none(), "still one place, not two");
+        let lent = g.lend();
+        lent.resume().await;
+        assert!(g.try_enter().is_none(), "lent and taken back: still one");
+        only.done(false);
         g.enter().await.unwrap().done(false);
     }
 

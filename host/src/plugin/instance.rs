@@ -97,7 +97,7 @@ pub struct ChainPlugin {
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
     failures: [AtomicU64; PluginErrorKind::REASONS.len()],
-    guard: Guard,
+    guard: Arc<Guard>,
     hooks: Hooks,
 }
 
@@ -320,14 +320,14 @@ impl ChainPlugin {
             fail,
             state,
         } = usage;
-        let guard = Guard::new(
+        let guard = Arc::new(Guard::new(
             policy
                 .limits
                 .max_concurrency
                 .unwrap_or_else(default_concurrency),
             &plugin.name,
             &route,
-        );
+        ));
         let mut chain = ChainPlugin {
             plugin,
             route,
@@ -435,6 +435,7 @@ impl ChainPlugin {
                 self.state.as_ref(),
                 &self.plugin.name,
                 &self.policy,
+                &self.guard,
             ),
             self.metrics.counters.clone(),
             &self.policy,

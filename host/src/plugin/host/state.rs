@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::HostState;
 use crate::config::{StateBackend, StateFailure};
 use crate::plugin::bindings::weir::plugin::state::{Bucket, Host, TakeResult, WindowCount};
+use crate::plugin::guard::Guard;
 use crate::plugin::limits::Policy;
 pub use memory::{PluginStore, Quota, SharedState};
 pub use redis::{RedisBackend, RedisSettings, StateUnavailable};
@@ -39,6 +40,8 @@ struct Remote {
     /// `{prefix}:{plugin}:`, so one plugin cannot name another's keys.
     prefix: String,
     failure: StateFailure,
+    /// The calling route's concurrency guard: a round trip lends its place.
+    guard: Arc<Guard>,
 }
 
 impl StateHandle {
@@ -49,6 +52,7 @@ impl StateHandle {
         backend: Option<&Arc<RedisBackend>>,
         plugin: &Arc<str>,
         policy: &Policy,
+        guard: &Arc<Guard>,
     ) -> StateHandle {
         let backend = backend.filter(|_| policy.state == StateBackend::Shared);
         StateHandle {
@@ -63,6 +67,7 @@ impl StateHandle {
                 prefix: b.key_prefix(plugin),
                 backend: b.clone(),
                 failure: policy.state_failure,
+                guard: guard.clone(),
             }),
         }
     }
@@ -117,7 +122,10 @@ impl Host for HostState {
         let s = &self.state;
         if let Some(r) = s.remote()? {
             // Boxed: the round trip's state stays out of the memory path's future.
-            match Box::pin(r.backend.incr_window(&r.key(&key), delta, window_ms)).await {
+            let lent = r.guard.lend();
+            let result = Box::pin(r.backend.incr_window(&r.key(&key), delta, window_ms)).await;
+            lent.resume().await;
+            match result {
                 Ok(count) => return Ok(count),
                 Err(e) => r.fall_back(e)?,
             }
@@ -135,7 +143,10 @@ impl Host for HostState {
         check_key(&key)?;
         let s = &self.state;
         if let Some(r) = s.remote()? {
-            match Box::pin(r.backend.take(&r.key(&key), bucket, cost)).await {
+            let lent = r.guard.lend();
+            let result = Box::pin(r.backend.take(&r.key(&key), bucket, cost)).await;
+            lent.resume().await;
+            match result {
                 Ok(result) => return Ok(result),
                 Err(e) => r.fall_back(e)?,
             }
