@@ -43,6 +43,9 @@ pub(crate) struct Guard {
     /// Places lent by calls cancelled before they took them back: permits
     /// to forget as they come back (see [`Lent`]).
     owed: AtomicUsize,
+    /// Calls cancelled while their place was lent (the client went away
+    /// during a Redis round trip): their unfinished passes are no strikes.
+    excused: AtomicUsize,
     strikes: AtomicU32,
     /// While open: when a trial may run.
     open_until: Mutex<Option<Instant>>,
@@ -79,6 +82,7 @@ impl Guard {
         Guard {
             permits: Semaphore::new(max_concurrency.max(1) as usize),
             owed: AtomicUsize::new(0),
+            excused: AtomicUsize::new(0),
             strikes: AtomicU32::new(0),
             open_until: Mutex::new(None),
             open: AtomicBool::new(false),
@@ -238,6 +242,7 @@ impl Drop for Lent {
         // Cancelled before taking a place back: the call's own place comes
         // back when it ends, one too many. Forget one now, or the next that comes back.
         if !self.resumed {
+            self.guard.excused.fetch_add(1, Ordering::Relaxed);
             match self.guard.permits.try_acquire() {
                 Ok(p) => p.forget(),
                 Err(_) => {
@@ -258,7 +263,18 @@ impl Pass<'_> {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        if !self.finished {
+        // A call cancelled while it waited outside the sandbox burned nothing
+        // (a trial still decides, or the breaker would stay half-open).
+        if self.finished {
+            return;
+        }
+        let excused = !self.trial
+            && self
+                .guard
+                .excused
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        if !excused {
             self.guard.record(true, self.trial);
         }
     }
@@ -326,6 +342,26 @@ mod tests {
         assert!(g.try_enter().is_none(), "lent and taken back: still one");
         only.done(false);
         g.enter().await.unwrap().done(false);
+    }
+
+    #[tokio::test]
+    async fn calls_cancelled_while_waiting_outside_are_no_strikes() {
+        let g = Arc::new(guard(4));
+        for _ in 0..BREAKER_STRIKES {
+            let pass = g.enter().await.unwrap();
+            let lent = g.lend();
+            // The client goes away mid-round-trip: the wait, then the call, are dropped.
+            drop(lent);
+            drop(pass);
+        }
+        assert!(!g.is_open(), "nobody ran out of time");
+        for _ in 0..BREAKER_STRIKES {
+            drop(g.enter().await.unwrap());
+        }
+        assert!(
+            g.is_open(),
+            "calls cancelled while running wasm still count"
+        );
     }
 
     #[tokio::test]
