@@ -46,6 +46,9 @@ pub(crate) struct Guard {
     /// Calls cancelled while their place was lent (the client went away
     /// during a Redis round trip): their unfinished passes are no strikes.
     excused: AtomicUsize,
+    /// A call cancelled sooner than this (its `cpu_deadline`) cannot have
+    /// burned it: the client left, and that is no strike.
+    min_strike: Duration,
     strikes: AtomicU32,
     /// While open: when a trial may run.
     open_until: Mutex<Option<Instant>>,
@@ -65,10 +68,13 @@ pub(crate) struct Open {
 }
 
 /// A running hook call's place; finish it with [`Pass::done`]. Dropped
-/// unfinished (the call timed out and was cancelled), it counts as a strike.
+/// unfinished (the request was cancelled) after running at least the CPU
+/// deadline, it counts as a strike; sooner, or while its place was lent, the
+/// client left and the plugin burned nothing.
 pub(crate) struct Pass<'a> {
     guard: &'a Guard,
     _permit: SemaphorePermit<'a>,
+    started: Instant,
     trial: bool,
     finished: bool,
 }
@@ -76,6 +82,7 @@ pub(crate) struct Pass<'a> {
 impl Guard {
     pub(crate) fn new(
         max_concurrency: u32,
+        min_strike: Duration,
         plugin: &std::sync::Arc<str>,
         route: &std::sync::Arc<str>,
     ) -> Guard {
@@ -83,6 +90,7 @@ impl Guard {
             permits: Semaphore::new(max_concurrency.max(1) as usize),
             owed: AtomicUsize::new(0),
             excused: AtomicUsize::new(0),
+            min_strike,
             strikes: AtomicU32::new(0),
             open_until: Mutex::new(None),
             open: AtomicBool::new(false),
@@ -106,6 +114,7 @@ impl Guard {
         Some(self.admit().map(|trial| Pass {
             guard: self,
             _permit: permit,
+            started: Instant::now(),
             trial,
             finished: false,
         }))
@@ -134,6 +143,7 @@ impl Guard {
         Ok(Pass {
             guard: self,
             _permit: permit,
+            started: Instant::now(),
             trial,
             finished: false,
         })
@@ -274,7 +284,8 @@ impl Drop for Pass<'_> {
                 .excused
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok();
-        if !excused {
+        let early = !self.trial && self.started.elapsed() < self.guard.min_strike;
+        if !excused && !early {
             self.guard.record(true, self.trial);
         }
     }
@@ -285,7 +296,23 @@ mod tests {
     use super::*;
 
     fn guard(n: u32) -> Guard {
-        Guard::new(n, &"p".into(), &"r".into())
+        Guard::new(n, Duration::ZERO, &"p".into(), &"r".into())
+    }
+
+    #[tokio::test]
+    async fn calls_cancelled_before_their_cpu_deadline_are_no_strikes() {
+        let g = Guard::new(4, Duration::from_secs(3600), &"p".into(), &"r".into());
+        for _ in 0..BREAKER_STRIKES {
+            drop(g.enter().await.unwrap());
+        }
+        assert!(!g.is_open(), "the clients left; nothing ran out of time");
+        for _ in 0..BREAKER_STRIKES {
+            g.enter().await.unwrap().done(true);
+        }
+        assert!(
+            g.is_open(),
+            "finished calls that burned their budget still count"
+        );
     }
 
     #[tokio::test]

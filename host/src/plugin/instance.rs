@@ -325,6 +325,7 @@ impl ChainPlugin {
                 .limits
                 .max_concurrency
                 .unwrap_or_else(default_concurrency),
+            policy.limits.cpu_deadline,
             &plugin.name,
             &route,
         ));
