@@ -46,9 +46,9 @@ pub(crate) struct Guard {
     /// Calls cancelled while their place was lent (the client went away
     /// during a Redis round trip): their unfinished passes are no strikes.
     excused: AtomicUsize,
-    /// A call cancelled sooner than this (its `cpu_deadline`) cannot have
-    /// burned it: the client left, and that is no strike.
-    min_strike: Duration,
+    /// A call cancelled sooner than this many epoch ticks (its
+    /// `cpu_deadline`) cannot have burned it: the client left, no strike.
+    min_strike: u64,
     strikes: AtomicU32,
     /// While open: when a trial may run.
     open_until: Mutex<Option<Instant>>,
@@ -74,7 +74,8 @@ pub(crate) struct Open {
 pub(crate) struct Pass<'a> {
     guard: &'a Guard,
     _permit: SemaphorePermit<'a>,
-    started: Instant,
+    /// [`super::ticks`] when it entered.
+    started: u64,
     trial: bool,
     finished: bool,
 }
@@ -90,7 +91,8 @@ impl Guard {
             permits: Semaphore::new(max_concurrency.max(1) as usize),
             owed: AtomicUsize::new(0),
             excused: AtomicUsize::new(0),
-            min_strike,
+            // Read off the epoch, not the clock: no clock read per call.
+            min_strike: (min_strike.as_millis() / super::EPOCH_TICK.as_millis()) as u64,
             strikes: AtomicU32::new(0),
             open_until: Mutex::new(None),
             open: AtomicBool::new(false),
@@ -114,7 +116,7 @@ impl Guard {
         Some(self.admit().map(|trial| Pass {
             guard: self,
             _permit: permit,
-            started: Instant::now(),
+            started: super::ticks(),
             trial,
             finished: false,
         }))
@@ -143,7 +145,7 @@ impl Guard {
         Ok(Pass {
             guard: self,
             _permit: permit,
-            started: Instant::now(),
+            started: super::ticks(),
             trial,
             finished: false,
         })
@@ -284,7 +286,8 @@ impl Drop for Pass<'_> {
                 .excused
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok();
-        let early = !self.trial && self.started.elapsed() < self.guard.min_strike;
+        let early =
+            !self.trial && super::ticks().saturating_sub(self.started) < self.guard.min_strike;
         if !excused && !early {
             self.guard.record(true, self.trial);
         }
