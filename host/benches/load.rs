@@ -71,6 +71,7 @@ fn benches(c: &mut Criterion) {
                     isolation: Isolation::Request,
                     policy: Default::default(),
                     fail: Default::default(),
+                    state: None,
                 },
                 metrics.plugin("headers", "bench", &weir::plugin::PluginErrorKind::REASONS),
             )

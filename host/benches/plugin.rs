@@ -61,6 +61,7 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
             isolation,
             policy: Default::default(),
             fail: Default::default(),
+            state: None,
         },
         metrics.plugin(name, "bench", &weir::plugin::PluginErrorKind::REASONS),
     )

@@ -6,7 +6,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 503 until the first snapshot is loaded, then 200; 503 again while draining on shutdown |
+//! | `GET /readyz` | 503 until the first snapshot is loaded, then 200; 503 again while draining on shutdown, or while the `[state]` backend is unreachable and a plugin fails closed on it (200 naming it when all fail open) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text |
 //! | `GET /routes` | JSON: each route's match, upstream and plugin chain |
 //! | `GET /plugins` | JSON: each plugin's sha256, size, load time, limits and routes |
@@ -159,7 +159,22 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
             return match gateway {
                 Some(_) if draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-                Some(_) => text(StatusCode::OK, "ready\n"),
+                Some(g) => match g.current().load().state_down() {
+                    // Fail-closed plugins answer 503 anyway: say so to the balancer.
+                    Some((url, true)) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "state backend {url} unreachable: fail-closed plugins refuse requests\n"
+                        ),
+                    ),
+                    Some((url, false)) => text(
+                        StatusCode::OK,
+                        format!(
+                            "ready; state backend {url} unreachable: plugins count in local memory\n"
+                        ),
+                    ),
+                    None => text(StatusCode::OK, "ready\n"),
+                },
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "loading\n"),
             };
         }

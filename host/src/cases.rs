@@ -249,7 +249,8 @@ async fn run_case(
 }
 
 /// Loads `manifest` with every upstream target pointed at the stub (and no
-/// health checks), so routes, plugins and their config are the real ones.
+/// health checks) and host state in memory, so routes, plugins and their
+/// config are the real ones and nothing outside the process is touched.
 async fn load(
     manifest: &Path,
     stub: &Stub,
@@ -258,6 +259,8 @@ async fn load(
 ) -> Result<Snapshot, CasesError> {
     let mut m = Manifest::load(manifest).map_err(|e| CasesError::Manifest(e.into()))?;
     let url = stub.url();
+    // Hermetic and on the case's clock: host state in memory, whatever `[state]` says.
+    m.doc.state = None;
     for up in m.doc.upstreams.values_mut() {
         for t in &mut up.targets {
             t.get_mut().url.clone_from(&url);

@@ -11,6 +11,9 @@
 //! [plugins.key-auth]
 //! path = "plugins/key_auth.wasm"
 //!
+//! [state]
+//! backend = "redis://127.0.0.1:6379/0"
+//!
 //! [[routes]]
 //! id = "api"
 //! prefix = "/api"
@@ -73,6 +76,8 @@ pub struct Document {
     pub admin: Option<Spanned<Admin>>,
     /// `[tracing]`: OpenTelemetry trace export over OTLP; off when absent.
     pub tracing: Option<Spanned<Tracing>>,
+    /// `[state]`: where plugins' host state lives; in memory when absent.
+    pub state: Option<Spanned<State>>,
 }
 
 /// `[tracing]`: spans of sampled requests sent to an OTLP collector.
@@ -100,6 +105,58 @@ pub struct Tracing {
     pub queue: Option<Spanned<usize>>,
     /// `timeout`: time allowed for one export (default 10s).
     pub timeout: Option<Duration>,
+}
+
+/// `[state]`: the backend of the `weir:plugin/state` interface, shared by
+/// every plugin unless one says `state = "memory"`.
+///
+/// ```toml
+/// [state]
+/// backend = "redis://10.0.0.5:6379/0"   # or "rediss://..." (TLS), or "memory"
+/// password_env = "WEIR_REDIS_PASSWORD"  # the password, never in the URL
+/// timeout = "50ms"                      # one round trip, then the failure policy
+/// prefix = "weir"                       # keys are `prefix:plugin:key`
+/// ca = "redis-ca.pem"                   # rediss:// only: trusted CAs (system roots by default)
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `backend`: `"memory"` (default) or a `redis://` / `rediss://` URL with an optional `/db`.
+    pub backend: Spanned<String>,
+    /// `password_env`: the environment variable holding the Redis password, read at load.
+    pub password_env: Option<Spanned<String>>,
+    /// `timeout`: longest wait for one Redis round trip (default `"50ms"`).
+    pub timeout: Option<Spanned<Duration>>,
+    /// `prefix`: the first part of every key (default `"weir"`), so gateways
+    /// that must not share limits can share one Redis.
+    pub prefix: Option<Spanned<String>>,
+    /// `ca`: PEM file of CA certificates trusted for a `rediss://` backend
+    /// (relative to the manifest); the system's roots when absent.
+    pub ca: Option<Spanned<PathBuf>>,
+}
+
+/// `[plugins.NAME] state`: which backend holds the plugin's host state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// `[state] backend` (in memory when there is no `[state]`).
+    #[default]
+    Shared,
+    /// This gateway's memory, whatever `[state]` says.
+    Memory,
+}
+
+/// `[plugins.NAME] state_failure`: what a state call does while the shared
+/// backend is unreachable or slower than `[state] timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateFailure {
+    /// Count in this gateway's memory until the backend is back (limits
+    /// then hold per gateway, not across them).
+    #[default]
+    Open,
+    /// Trap: the hook fails and the route's `fail` policy answers.
+    Closed,
 }
 
 /// `[log]`.
@@ -509,6 +566,13 @@ pub struct Plugin {
     /// `max_state_bytes`: host state the plugin may hold, counted as each key's
     /// length plus a fixed cost per entry (default `"1MiB"`, at least `"1KiB"`).
     pub max_state_bytes: Option<Spanned<ByteSize>>,
+    /// `state`: `"shared"` (default: `[state] backend`) or `"memory"` (this gateway only).
+    #[serde(default)]
+    pub state: StateBackend,
+    /// `state_failure`: `"open"` (default: local state while the shared
+    /// backend is down) or `"closed"` (state calls trap).
+    #[serde(default)]
+    pub state_failure: StateFailure,
     /// `grants`: capabilities beyond the inert default.
     #[serde(default)]
     pub grants: Grants,

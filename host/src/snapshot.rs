@@ -7,6 +7,7 @@
 
 mod admin;
 mod policy;
+mod state;
 mod traces;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_spanned::Spanned;
 
+use crate::config::StateFailure;
 use crate::config::{self, ConfigError, Manifest};
+use crate::plugin::host::state::RedisBackend;
 use crate::plugin::{ChainPlugin, LoadedPlugin, PluginErrorKind, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
@@ -132,6 +135,8 @@ pub struct Snapshot {
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     /// Each plugin's sandbox (limits, grants, pin) by name.
     pub policies: BTreeMap<String, Arc<Policy>>,
+    /// The shared state backend (`[state]`); `None`: state in memory.
+    pub state: Option<Arc<RedisBackend>>,
     /// How long loading took.
     pub load_time: Duration,
     /// The gateway's metrics (shared by all its snapshots).
@@ -187,6 +192,16 @@ impl Loader<'_> {
 }
 
 impl Snapshot {
+    /// When the shared state backend is unreachable: its URL, and whether a
+    /// plugin fails closed on it (its routes answer 503 until it is back).
+    pub fn state_down(&self) -> Option<(&str, bool)> {
+        let backend = self.state.as_ref().filter(|b| !b.is_up())?;
+        let closed = self.policies.values().any(|p| {
+            p.state == config::StateBackend::Shared && p.state_failure == StateFailure::Closed
+        });
+        Some((&backend.settings().url, closed))
+    }
+
     /// Loads the manifest at `path` and everything it references.
     /// Metric handles are created in `metrics`.
     pub async fn load(
@@ -238,7 +253,9 @@ impl Snapshot {
         let server = resolve_server(&mut l);
         let upstreams = resolve_upstreams(&mut l, previous);
         let (plugins, policies) = load_plugins(&mut l, runtime, previous).await;
+        let state = state::resolve_state(&mut l, metrics, previous);
         let loaded = Loaded {
+            state: state.as_ref(),
             runtime,
             metrics,
             previous,
@@ -271,6 +288,7 @@ impl Snapshot {
             routes,
             plugins,
             policies,
+            state,
             load_time: started.elapsed(),
             metrics: metrics.clone(),
             tracer,
@@ -286,6 +304,7 @@ struct Loaded<'a> {
     upstreams: &'a HashMap<String, Arc<Upstream>>,
     plugins: &'a BTreeMap<String, Arc<LoadedPlugin>>,
     policies: &'a BTreeMap<String, Arc<Policy>>,
+    state: Option<&'a Arc<RedisBackend>>,
 }
 
 /// `[server]` (with its TLS), and the `[admin]` and `[log]` checks.
@@ -561,6 +580,7 @@ async fn resolve_chain(
             isolation,
             policy,
             fail,
+            state: loaded.state.cloned(),
         };
         match ChainPlugin::new(
             loaded.runtime.clone(),

@@ -21,6 +21,7 @@ mod proxying;
 mod quotas;
 mod routing;
 mod sandbox;
+mod shared_state;
 mod state;
 mod support;
 mod tls;

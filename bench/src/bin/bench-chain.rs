@@ -57,6 +57,7 @@ fn usage(isolation: Isolation, config: &str) -> PluginUse {
         isolation,
         policy: Default::default(),
         fail: Default::default(),
+        state: None,
     }
 }
 

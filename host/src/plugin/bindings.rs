@@ -5,7 +5,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     // Host functions return `wasmtime::Result` so a bad handle traps instead of panicking.
-    imports: { default: trappable },
+    // State calls may wait for Redis: async, so the wait yields the worker.
+    imports: { "weir:plugin/state": async | trappable, default: trappable },
     // Exports run on a fiber so epoch deadlines can interrupt them.
     exports: { default: async },
     with: {

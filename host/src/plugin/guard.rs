@@ -9,10 +9,14 @@
 //!   [`BREAKER_COOLDOWN`]; then one trial call runs, and its outcome closes or
 //!   reopens the breaker.
 //!
+//! A call that waits outside the sandbox (a Redis round trip) lends its place
+//! to another call meanwhile ([`Guard::lend`]): waiting holds no worker, so
+//! it holds no place either.
+//!
 //! A healthy plugin pays one uncontended semaphore acquire per call.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -36,6 +40,15 @@ pub fn default_concurrency() -> u32 {
 #[derive(Debug)]
 pub(crate) struct Guard {
     permits: Semaphore,
+    /// Places lent by calls cancelled before they took them back: permits
+    /// to forget as they come back (see [`Lent`]).
+    owed: AtomicUsize,
+    /// Calls cancelled while their place was lent (the client went away
+    /// during a Redis round trip): their unfinished passes are no strikes.
+    excused: AtomicUsize,
+    /// A call cancelled sooner than this many epoch ticks (its
+    /// `cpu_deadline`) cannot have burned it: the client left, no strike.
+    min_strike: u64,
     strikes: AtomicU32,
     /// While open: when a trial may run.
     open_until: Mutex<Option<Instant>>,
@@ -55,10 +68,14 @@ pub(crate) struct Open {
 }
 
 /// A running hook call's place; finish it with [`Pass::done`]. Dropped
-/// unfinished (the call timed out and was cancelled), it counts as a strike.
+/// unfinished (the request was cancelled) after running at least the CPU
+/// deadline, it counts as a strike; sooner, or while its place was lent, the
+/// client left and the plugin burned nothing.
 pub(crate) struct Pass<'a> {
     guard: &'a Guard,
     _permit: SemaphorePermit<'a>,
+    /// [`super::ticks`] when it entered.
+    started: u64,
     trial: bool,
     finished: bool,
 }
@@ -66,11 +83,16 @@ pub(crate) struct Pass<'a> {
 impl Guard {
     pub(crate) fn new(
         max_concurrency: u32,
+        min_strike: Duration,
         plugin: &std::sync::Arc<str>,
         route: &std::sync::Arc<str>,
     ) -> Guard {
         Guard {
             permits: Semaphore::new(max_concurrency.max(1) as usize),
+            owed: AtomicUsize::new(0),
+            excused: AtomicUsize::new(0),
+            // Read off the epoch, not the clock: no clock read per call.
+            min_strike: (min_strike.as_millis() / super::EPOCH_TICK.as_millis()) as u64,
             strikes: AtomicU32::new(0),
             open_until: Mutex::new(None),
             open: AtomicBool::new(false),
@@ -86,10 +108,15 @@ impl Guard {
         if let Some(retry_in) = self.cooling() {
             return Some(Err(Open { retry_in }));
         }
-        let permit = self.permits.try_acquire().ok()?;
+        let permit = loop {
+            if let Some(p) = self.keep(self.permits.try_acquire().ok()?) {
+                break p;
+            }
+        };
         Some(self.admit().map(|trial| Pass {
             guard: self,
             _permit: permit,
+            started: super::ticks(),
             trial,
             finished: false,
         }))
@@ -101,21 +128,52 @@ impl Guard {
         if let Some(retry_in) = self.cooling() {
             return Err(Open { retry_in });
         }
-        let permit = match self.permits.try_acquire() {
-            Ok(p) => p,
-            // The semaphore is never closed.
-            Err(_) => self.permits.acquire().await.map_err(|_| Open {
-                retry_in: Duration::ZERO,
-            })?,
+        let permit = loop {
+            let p = match self.permits.try_acquire() {
+                Ok(p) => p,
+                // The semaphore is never closed.
+                Err(_) => self.permits.acquire().await.map_err(|_| Open {
+                    retry_in: Duration::ZERO,
+                })?,
+            };
+            if let Some(p) = self.keep(p) {
+                break p;
+            }
         };
         // Decided holding the place: the call before may have just opened the breaker.
         let trial = self.admit()?;
         Ok(Pass {
             guard: self,
             _permit: permit,
+            started: super::ticks(),
             trial,
             finished: false,
         })
+    }
+
+    /// `permit`, unless it pays back a place owed by a cancelled [`Lent`].
+    fn keep<'a>(&self, permit: SemaphorePermit<'a>) -> Option<SemaphorePermit<'a>> {
+        let owed = self.owed.load(Ordering::Relaxed) > 0
+            && self
+                .owed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        if owed {
+            permit.forget();
+            return None;
+        }
+        Some(permit)
+    }
+
+    /// Lends the running call's place to another call while this one waits
+    /// outside the sandbox; [`Lent::resume`] takes a place back before wasm
+    /// runs on.
+    pub(crate) fn lend(self: &Arc<Self>) -> Lent {
+        self.permits.add_permits(1);
+        Lent {
+            guard: self.clone(),
+            resumed: false,
+        }
     }
 
     /// Time left while the breaker is open and cooling down.
@@ -175,6 +233,38 @@ impl Guard {
     }
 }
 
+/// A place lent by a waiting call ([`Guard::lend`]).
+pub(crate) struct Lent {
+    guard: Arc<Guard>,
+    resumed: bool,
+}
+
+impl Lent {
+    /// Waits for a place again (counted against `call_timeout`, like entering).
+    pub(crate) async fn resume(mut self) {
+        if let Ok(p) = self.guard.permits.acquire().await {
+            p.forget();
+        }
+        self.resumed = true;
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Cancelled before taking a place back: the call's own place comes
+        // back when it ends, one too many. Forget one now, or the next that comes back.
+        if !self.resumed {
+            self.guard.excused.fetch_add(1, Ordering::Relaxed);
+            match self.guard.permits.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => {
+                    self.guard.owed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
 impl Pass<'_> {
     /// Records how the call ended: `burned` when it ran out of CPU or wall time.
     pub(crate) fn done(mut self, burned: bool) {
@@ -185,7 +275,20 @@ impl Pass<'_> {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        if !self.finished {
+        // A call cancelled while it waited outside the sandbox burned nothing
+        // (a trial still decides, or the breaker would stay half-open).
+        if self.finished {
+            return;
+        }
+        let excused = !self.trial
+            && self
+                .guard
+                .excused
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        let early =
+            !self.trial && super::ticks().saturating_sub(self.started) < self.guard.min_strike;
+        if !excused && !early {
             self.guard.record(true, self.trial);
         }
     }
@@ -196,7 +299,23 @@ mod tests {
     use super::*;
 
     fn guard(n: u32) -> Guard {
-        Guard::new(n, &"p".into(), &"r".into())
+        Guard::new(n, Duration::ZERO, &"p".into(), &"r".into())
+    }
+
+    #[tokio::test]
+    async fn calls_cancelled_before_their_cpu_deadline_are_no_strikes() {
+        let g = Guard::new(4, Duration::from_secs(3600), &"p".into(), &"r".into());
+        for _ in 0..BREAKER_STRIKES {
+            drop(g.enter().await.unwrap());
+        }
+        assert!(!g.is_open(), "the clients left; nothing ran out of time");
+        for _ in 0..BREAKER_STRIKES {
+            g.enter().await.unwrap().done(true);
+        }
+        assert!(
+            g.is_open(),
+            "finished calls that burned their budget still count"
+        );
     }
 
     #[tokio::test]
@@ -233,6 +352,46 @@ mod tests {
         g.enter().await.unwrap().done(false);
         assert!(!g.is_open());
         g.enter().await.unwrap().done(false);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_lends_its_place_and_the_cap_holds_after() {
+        let g = Arc::new(guard(1));
+        let first = g.enter().await.unwrap();
+        let lent = g.lend();
+        let second = g.try_enter().expect("the lent place").unwrap();
+        let back = tokio::time::timeout(Duration::from_millis(50), lent.resume()).await;
+        assert!(back.is_err(), "taking it back waits for the borrower");
+        // That resume was cancelled (as by a call timeout): the place is owed.
+        second.done(false);
+        first.done(false);
+        let only = g.enter().await.unwrap();
+        assert!(g.try_enter().is_none(), "still one place, not two");
+        let lent = g.lend();
+        lent.resume().await;
+        assert!(g.try_enter().is_none(), "lent and taken back: still one");
+        only.done(false);
+        g.enter().await.unwrap().done(false);
+    }
+
+    #[tokio::test]
+    async fn calls_cancelled_while_waiting_outside_are_no_strikes() {
+        let g = Arc::new(guard(4));
+        for _ in 0..BREAKER_STRIKES {
+            let pass = g.enter().await.unwrap();
+            let lent = g.lend();
+            // The client goes away mid-round-trip: the wait, then the call, are dropped.
+            drop(lent);
+            drop(pass);
+        }
+        assert!(!g.is_open(), "nobody ran out of time");
+        for _ in 0..BREAKER_STRIKES {
+            drop(g.enter().await.unwrap());
+        }
+        assert!(
+            g.is_open(),
+            "calls cancelled while running wasm still count"
+        );
     }
 
     #[tokio::test]

@@ -28,9 +28,7 @@ pub struct HostState {
     /// The route this instance serves.
     pub(crate) route: Arc<str>,
     /// This plugin's host state, shared by all its instances.
-    pub(crate) state: Arc<state::PluginStore>,
-    /// How much host state the plugin may hold.
-    pub(crate) state_quota: state::Quota,
+    pub(crate) state: state::StateHandle,
     /// This plugin's own counters, in its gateway's registry.
     pub(crate) counters: Arc<PluginCounters>,
     /// Header limits for edits and replies.
@@ -66,7 +64,7 @@ impl HostState {
     pub(crate) fn new(
         plugin: Arc<str>,
         route: Arc<str>,
-        shared: Arc<state::SharedState>,
+        state: state::StateHandle,
         counters: Arc<PluginCounters>,
         policy: &Policy,
     ) -> Self {
@@ -103,8 +101,7 @@ impl HostState {
             limiter: StoreLimiter {
                 max_memory: limits.max_memory,
             },
-            state: shared.plugin(&plugin),
-            state_quota: limits.into(),
+            state,
             plugin,
             route,
             counters,

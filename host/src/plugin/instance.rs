@@ -19,6 +19,7 @@ use super::bindings::{self, Action, Hooks};
 use super::guard::{Guard, Pass, default_concurrency};
 use super::host::HostState;
 use super::host::http::{RequestState, ResponseState, reply_parts};
+use super::host::state::{RedisBackend, StateHandle, StateUnavailable};
 use super::limits::{
     HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy, StateQuota,
 };
@@ -90,11 +91,13 @@ pub struct ChainPlugin {
     pub policy: Arc<Policy>,
     /// What a failure does (from `[[routes.plugins]]`).
     pub fail: FailPolicy,
+    /// The shared state backend (`[state]`), if the manifest has one.
+    state: Option<Arc<RedisBackend>>,
     config_json: String,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
     failures: [AtomicU64; PluginErrorKind::REASONS.len()],
-    guard: Guard,
+    guard: Arc<Guard>,
     hooks: Hooks,
 }
 
@@ -146,11 +149,14 @@ pub enum PluginErrorKind {
     /// A new key would pass the plugin's host-state quota.
     #[error("{0}")]
     StateQuota(StateQuota),
+    /// The shared state backend did not answer, and the plugin fails closed.
+    #[error("{0}")]
+    StateBackend(StateUnavailable),
 }
 
 impl PluginErrorKind {
     /// Every [`PluginErrorKind::reason`], in declaration order.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "config",
         "instantiate",
         "trap",
@@ -162,6 +168,7 @@ impl PluginErrorKind {
         "bad_reply",
         "circuit_open",
         "state_quota",
+        "state_backend",
     ];
 
     fn index(&self) -> usize {
@@ -177,6 +184,7 @@ impl PluginErrorKind {
             PluginErrorKind::BadReply(_) => 8,
             PluginErrorKind::CircuitOpen(_) => 9,
             PluginErrorKind::StateQuota(_) => 10,
+            PluginErrorKind::StateBackend(_) => 11,
         }
     }
 
@@ -199,6 +207,9 @@ impl PluginErrorKind {
         }
         if let Some(q) = e.downcast_ref::<StateQuota>() {
             return Some(PluginErrorKind::StateQuota(*q));
+        }
+        if let Some(u) = e.downcast_ref::<StateUnavailable>() {
+            return Some(PluginErrorKind::StateBackend(u.clone()));
         }
         // wasmtime's error type for this is private; its message is stable.
         if e.chain().any(|c| {
@@ -288,6 +299,8 @@ pub struct PluginUse {
     pub policy: Arc<Policy>,
     /// Failure policy (`[[routes.plugins]] fail`).
     pub fail: FailPolicy,
+    /// The shared state backend (`[state]`); `None`: state in memory.
+    pub state: Option<Arc<RedisBackend>>,
 }
 
 impl ChainPlugin {
@@ -305,15 +318,17 @@ impl ChainPlugin {
             isolation,
             policy,
             fail,
+            state,
         } = usage;
-        let guard = Guard::new(
+        let guard = Arc::new(Guard::new(
             policy
                 .limits
                 .max_concurrency
                 .unwrap_or_else(default_concurrency),
+            policy.limits.cpu_deadline,
             &plugin.name,
             &route,
-        );
+        ));
         let mut chain = ChainPlugin {
             plugin,
             route,
@@ -321,6 +336,7 @@ impl ChainPlugin {
             metrics,
             policy,
             fail,
+            state,
             config_json,
             runtime,
             idle: Mutex::new(Vec::new()),
@@ -415,7 +431,13 @@ impl ChainPlugin {
         let state = HostState::new(
             self.plugin.name.clone(),
             self.route.clone(),
-            self.runtime.shared.clone(),
+            StateHandle::new(
+                &self.runtime.shared,
+                self.state.as_ref(),
+                &self.plugin.name,
+                &self.policy,
+                &self.guard,
+            ),
             self.metrics.counters.clone(),
             &self.policy,
         );

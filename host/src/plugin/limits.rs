@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
-use crate::config::Stdio;
+use crate::config::{StateBackend, StateFailure, Stdio};
 
 /// Largest `max_memory` a manifest may set: the pooling allocator's slot size.
 pub const MAX_MEMORY_CEILING: usize = 1 << 30;
@@ -140,6 +140,10 @@ pub struct Policy {
     pub grants: Grants,
     /// `sha256`: the digest the file must have, lower-case hex.
     pub sha256: Option<String>,
+    /// `state`: the shared backend (`[state]`) or this gateway's memory.
+    pub state: StateBackend,
+    /// `state_failure`: what state calls do while the shared backend is down.
+    pub state_failure: StateFailure,
 }
 
 /// A hook called `weir:plugin` imports more than `max_host_calls` times.

@@ -162,6 +162,8 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         limits,
         grants,
         sha256,
+        state: p.state,
+        state_failure: p.state_failure,
     })
 }
 

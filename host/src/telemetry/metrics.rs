@@ -40,6 +40,14 @@ const PLUGIN_BUCKETS: [f64; 14] = [
     0.5, 1.0,
 ];
 
+// A Redis round trip is a fraction of a millisecond nearby, up to the `[state] timeout`.
+const STATE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+fn state_histogram() -> Histogram {
+    Histogram::new(STATE_BUCKETS)
+}
 fn request_histogram() -> Histogram {
     Histogram::new(REQUEST_BUCKETS)
 }
@@ -112,6 +120,17 @@ struct DropReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateBackendLabel {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateBackendError {
+    backend: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadResult {
     result: &'static str,
 }
@@ -132,6 +151,10 @@ pub struct Metrics {
     plugin_idle: Family<PluginRoute, Gauge>,
     counter_drops: Family<PluginReason, Counter>,
     log_drops: Family<PluginLabel, Counter>,
+    state_duration: Histograms<StateBackendLabel>,
+    state_errors: Family<StateBackendError, Counter>,
+    state_up: Family<StateBackendLabel, Gauge>,
+    state_fallbacks: Family<StateBackendLabel, Counter>,
     reloads: Family<ReloadResult, Counter>,
     last_reload: Gauge<f64, AtomicU64>,
     connections_open: Gauge,
@@ -243,6 +266,31 @@ impl Metrics {
             "Plugin log records and output lines dropped: over max_log_rate or the per-call caps",
             log_drops.clone(),
         );
+        let state_duration = Histograms::new_with_constructor(state_histogram as fn() -> _);
+        r.register_with_unit(
+            "weir_state_backend_duration",
+            "Round trips to the shared state backend (`[state]`), answered or not",
+            Unit::Seconds,
+            state_duration.clone(),
+        );
+        let state_errors = Family::<StateBackendError, Counter>::default();
+        r.register(
+            "weir_state_backend_errors",
+            "Round trips to the shared state backend that failed, by kind (timeout, error)",
+            state_errors.clone(),
+        );
+        let state_up = Family::<StateBackendLabel, Gauge>::default();
+        r.register(
+            "weir_state_backend_up",
+            "1 while the shared state backend answers, 0 while plugins fall back or fail",
+            state_up.clone(),
+        );
+        let state_fallbacks = Family::<StateBackendLabel, Counter>::default();
+        r.register(
+            "weir_state_backend_fallbacks",
+            "State calls of fail-open plugins served from local memory while the backend was down",
+            state_fallbacks.clone(),
+        );
         let reloads = Family::<ReloadResult, Counter>::default();
         r.register(
             "weir_reloads",
@@ -304,6 +352,10 @@ impl Metrics {
             plugin_idle,
             counter_drops,
             log_drops,
+            state_duration,
+            state_errors,
+            state_up,
+            state_fallbacks,
             reloads,
             last_reload,
             connections_open,
@@ -315,6 +367,26 @@ impl Metrics {
         };
         m.unrouted = m.route(NO_ROUTE, "", &[]);
         m
+    }
+
+    /// Handles for the shared state backend at `backend` (its URL).
+    pub fn state_backend(&self, backend: &str) -> StateBackendMetrics {
+        let label = StateBackendLabel {
+            backend: backend.to_string(),
+        };
+        let error = |kind| {
+            self.state_errors.get_or_create_owned(&StateBackendError {
+                backend: backend.to_string(),
+                kind,
+            })
+        };
+        StateBackendMetrics {
+            duration: self.state_duration.get_or_create_owned(&label),
+            timeouts: error("timeout"),
+            errors: error("error"),
+            up: self.state_up.get_or_create_owned(&label),
+            fallbacks: self.state_fallbacks.get_or_create_owned(&label),
+        }
     }
 
     /// Handles for one route, and for each of its upstream's `targets`
@@ -580,6 +652,41 @@ pub enum Hook {
     Request,
     /// `on-response`.
     Response,
+}
+
+/// The shared state backend's metric handles.
+#[derive(Clone)]
+pub struct StateBackendMetrics {
+    duration: Histogram,
+    timeouts: Counter,
+    errors: Counter,
+    up: Gauge,
+    fallbacks: Counter,
+}
+
+impl StateBackendMetrics {
+    /// Records one round trip's time.
+    pub fn round_trip(&self, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed round trip: `"timeout"` or `"error"`.
+    pub fn error(&self, kind: &'static str) {
+        match kind {
+            "timeout" => self.timeouts.inc(),
+            _ => self.errors.inc(),
+        };
+    }
+
+    /// Sets the `up` gauge.
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    /// Counts a call served from local state.
+    pub fn fell_back(&self) {
+        self.fallbacks.inc();
+    }
 }
 
 /// One plugin's metric handles on one route.
