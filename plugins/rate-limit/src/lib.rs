@@ -11,6 +11,7 @@
 //! See `README.md` for the config reference.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde::Deserialize;
 use weir_sdk::log::{self, Level};
@@ -194,7 +195,6 @@ fn in_range(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, String> {
 const VAR_LIMIT: &str = "ratelimit.limit";
 const VAR_REMAINING: &str = "ratelimit.remaining";
 const VAR_RESET: &str = "ratelimit.reset";
-const VAR_POLICY: &str = "ratelimit.policy";
 
 /// One limit: a bucket shape and the header values that describe it.
 #[derive(Debug)]
@@ -253,6 +253,31 @@ struct Plans {
     default: usize,
 }
 
+/// Per limit, the headers responses get; the empty values are filled per response.
+fn response_headers(limits: &[Limit], legacy: bool) -> Vec<Vec<Header>> {
+    let header = |name: &str, value: &str| Header {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    limits
+        .iter()
+        .map(|l| {
+            let mut h = vec![
+                header("ratelimit-policy", &l.policy_header),
+                header("ratelimit", ""),
+            ];
+            if legacy {
+                h.extend([
+                    header("ratelimit-limit", &l.limit),
+                    header("ratelimit-remaining", ""),
+                    header("ratelimit-reset", ""),
+                ]);
+            }
+            h
+        })
+        .collect()
+}
+
 /// What `on_request` decided, for `on_response`.
 #[derive(Debug)]
 struct Outcome {
@@ -270,6 +295,8 @@ pub struct RateLimit {
     limits: Vec<Limit>,
     plans: Option<Plans>,
     legacy: bool,
+    /// Per limit, the response headers it sends (values rewritten per response).
+    headers: Vec<Vec<Header>>,
     /// This request's outcome, for `on_response` (a request's hooks run on
     /// one instance, in turn).
     outcome: Option<Outcome>,
@@ -364,12 +391,14 @@ impl RateLimit {
                 }),
             )
         };
+        let headers = response_headers(&limits, config.legacy_headers);
         Ok(Self {
             key,
             status: status as u16,
             limits,
             plans,
             legacy: config.legacy_headers,
+            headers,
             outcome: None,
             route: std::cell::OnceCell::new(),
         })
@@ -460,7 +489,6 @@ impl Plugin for RateLimit {
             (VAR_LIMIT, limit.limit.as_str()),
             (VAR_REMAINING, &remaining),
             (VAR_RESET, &reset),
-            (VAR_POLICY, limit.name.as_str()),
         ];
         if let Err((i, e)) = req.set_vars(&vars) {
             log::log(
@@ -493,26 +521,17 @@ impl Plugin for RateLimit {
         else {
             return;
         };
-        let limit = &self.limits[limit];
-        let mut headers = vec![
-            ("ratelimit-policy", limit.policy_header.clone()),
-            ("ratelimit", Self::state_header(limit, &remaining, &reset)),
-        ];
+        let name = &self.limits[limit].name;
+        // The limit's header list, built once: only the values that change are
+        // rewritten, in place (no allocation per response).
+        let headers = &mut self.headers[limit];
+        headers[1].value.clear();
+        let _ = write!(headers[1].value, "\"{name}\";r={remaining};t={reset}");
         if self.legacy {
-            headers.extend([
-                ("ratelimit-limit", limit.limit.clone()),
-                ("ratelimit-remaining", remaining),
-                ("ratelimit-reset", reset),
-            ]);
+            headers[3].value.clone_from(&remaining);
+            headers[4].value.clone_from(&reset);
         }
-        let headers: Vec<Header> = headers
-            .into_iter()
-            .map(|(name, value)| Header {
-                name: name.to_owned(),
-                value,
-            })
-            .collect();
-        if let Err((i, e)) = resp.set_headers(&headers) {
+        if let Err((i, e)) = resp.set_headers(headers) {
             log::log(
                 Level::Warn,
                 "cannot set response header",

@@ -61,7 +61,7 @@ legacy_headers = false"#,
     for _ in 0..3 {
         let out = h.send(as_user("carol")).await;
         assert_eq!(out.status, 200);
-        assert_eq!(out.var("ratelimit.policy"), Some("pro"));
+        assert_eq!(out.header("ratelimit-policy"), Some(r#""pro";q=3;w=3600"#));
     }
     assert_eq!(h.send(as_user("carol")).await.status, 429);
 }
