@@ -37,7 +37,10 @@ use stub::{Received, Stub};
 /// Largest response body a case reads.
 const MAX_BODY: usize = 1 << 20;
 /// The client address when a request names none (TEST-NET-1).
-const DEFAULT_CLIENT: &str = "192.0.2.10:40000";
+pub(crate) const DEFAULT_PEER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10)),
+    40000,
+);
 
 /// Why the cases could not run at all (as opposed to a case failing).
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +231,7 @@ async fn run_case(
         let repeat = step.repeat.unwrap_or(1).max(1);
         for n in 1..=repeat {
             stub.prepare(answer.clone());
-            let (req, conn) = request.clone().into_parts();
+            let (req, conn) = request.clone();
             let seen = send(snap, req, conn).await;
             result.requests += 1;
             let before = result.failures.len();
@@ -257,7 +260,19 @@ async fn load(
     runtime: &Arc<Runtime>,
     metrics: &Arc<Metrics>,
 ) -> Result<Snapshot, CasesError> {
-    let mut m = Manifest::load(manifest).map_err(|e| CasesError::Manifest(e.into()))?;
+    let m = Manifest::load(manifest).map_err(|e| CasesError::Manifest(e.into()))?;
+    load_against_stub(m, stub, runtime, metrics)
+        .await
+        .map_err(CasesError::Manifest)
+}
+
+/// Resolves `m` as [`load`] describes (also for [`crate::testkit`]).
+pub(crate) async fn load_against_stub(
+    mut m: Manifest,
+    stub: &Stub,
+    runtime: &Arc<Runtime>,
+    metrics: &Arc<Metrics>,
+) -> Result<Snapshot, ConfigErrors> {
     let url = stub.url();
     // Hermetic and on the case's clock: host state in memory, whatever `[state]` says.
     m.doc.state = None;
@@ -276,9 +291,7 @@ async fn load(
             up.clone_from(&url);
         }
     }
-    Snapshot::from_manifest(&m, runtime, metrics)
-        .await
-        .map_err(CasesError::Manifest)
+    Snapshot::from_manifest(&m, runtime, metrics).await
 }
 
 /// A case's steps: `[[case.steps]]`, or the one step written in the case itself.
@@ -310,61 +323,60 @@ fn steps_of(case: &file::Case) -> Result<Vec<Step>, String> {
     }
 }
 
-/// A request ready to send, and the connection it comes from.
-#[derive(Clone)]
-struct Built {
-    req: Request<Full<Bytes>>,
-    conn: ConnInfo,
-}
-
-impl Built {
-    fn into_parts(self) -> (Request<Full<Bytes>>, ConnInfo) {
-        (self.req, self.conn)
+/// A request as a client sends it: `Host: localhost` unless given, and a
+/// `Content-Length` for a body unless the headers frame it.
+pub(crate) fn client_request<'a>(
+    method: &str,
+    target: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    if !target.starts_with('/') {
+        return Err(format!(
+            "request target {target:?} must start with `/` (path and query)"
+        ));
     }
-}
-
-fn build(spec: &RequestSpec) -> Result<Built, String> {
-    let mut b = Request::builder()
-        .method(spec.method.as_str())
-        .uri(spec.target.as_str());
-    let mut has_host = false;
-    let mut has_length = false;
-    for (name, values) in &spec.headers {
+    let mut b = Request::builder().method(method).uri(target);
+    let (mut has_host, mut has_length) = (false, false);
+    for (name, value) in headers {
         has_host |= name.eq_ignore_ascii_case("host");
         has_length |= name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("transfer-encoding");
-        for v in values.values() {
-            b = b.header(name.as_str(), v.as_str());
-        }
+        b = b.header(name, value);
     }
     if !has_host {
         b = b.header(http::header::HOST, "localhost");
     }
-    if !spec.body.is_empty() && !has_length {
-        b = b.header(http::header::CONTENT_LENGTH, spec.body.len());
+    if !body.is_empty() && !has_length {
+        b = b.header(http::header::CONTENT_LENGTH, body.len());
     }
-    let req = b
-        .body(Full::new(Bytes::from(spec.body.clone())))
-        .map_err(|e| format!("request: {e}"))?;
-    if !spec.target.starts_with('/') {
-        return Err(format!(
-            "request target {:?} must start with `/` (path and query)",
-            spec.target
-        ));
-    }
-    let client = spec.client.as_deref().unwrap_or(DEFAULT_CLIENT);
-    let peer = client
-        .parse::<SocketAddr>()
-        .or_else(|_| {
-            client
-                .parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 40000))
-        })
-        .map_err(|_| format!("client {client:?} is not an IP address (or IP:port)"))?;
-    Ok(Built {
-        req,
-        conn: ConnInfo { peer, tls: false },
-    })
+    b.body(Full::new(body)).map_err(|e| format!("request: {e}"))
+}
+
+/// A step's request, and the connection it comes from.
+fn build(spec: &RequestSpec) -> Result<(Request<Full<Bytes>>, ConnInfo), String> {
+    let headers = spec
+        .headers
+        .iter()
+        .flat_map(|(n, vs)| vs.values().iter().map(move |v| (n.as_str(), v.as_str())));
+    let req = client_request(
+        &spec.method,
+        &spec.target,
+        headers,
+        Bytes::from(spec.body.clone()),
+    )?;
+    let peer = match spec.client.as_deref() {
+        None => DEFAULT_PEER,
+        Some(client) => client
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                client
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, DEFAULT_PEER.port()))
+            })
+            .map_err(|_| format!("client {client:?} is not an IP address (or IP:port)"))?,
+    };
+    Ok((req, ConnInfo { peer, tls: false }))
 }
 
 fn check_answer(a: &StubAnswer) -> Result<(), String> {

@@ -48,8 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request};
-use http_body_util::Full;
+use http::HeaderMap;
 
 use crate::cases::file::StubAnswer;
 use crate::cases::stub::{Received, Stub};
@@ -160,7 +159,7 @@ impl TestRequest {
             target: target.to_string(),
             headers: Vec::new(),
             body: Bytes::new(),
-            client: SocketAddr::from(([192, 0, 2, 10], 40000)),
+            client: crate::cases::DEFAULT_PEER,
         }
     }
 
@@ -278,17 +277,17 @@ impl Harness {
         );
         std::fs::write(&path, manifest).map_err(|e| e.to_string())?;
         let stub = Stub::start().await.map_err(|e| e.to_string())?;
-        let loaded = async {
-            let mut m = Manifest::load(&path).map_err(|e| e.to_string())?;
-            let url = stub.url();
-            for route in &mut m.doc.routes {
-                route.get_mut().upstream.get_mut().clone_from(&url);
-            }
-            Snapshot::from_manifest(&m, Runtime::global(), &Arc::new(Metrics::new()))
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
+        let loaded = match Manifest::load(&path) {
+            Ok(m) => crate::cases::load_against_stub(
+                m,
+                &stub,
+                Runtime::global(),
+                &Arc::new(Metrics::new()),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Harness {
             snap: Arc::new(loaded?),
@@ -319,23 +318,10 @@ impl Harness {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         self.stub.prepare(answer);
-        let mut b = Request::builder().method(req.method).uri(&req.target);
-        let has_host = req
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("host"));
-        for (n, v) in &req.headers {
-            b = b.header(n, v);
-        }
-        if !has_host {
-            b = b.header(http::header::HOST, "localhost");
-        }
-        if !req.body.is_empty() {
-            b = b.header(http::header::CONTENT_LENGTH, req.body.len());
-        }
-        let built = b
-            .body(Full::new(req.body))
-            .unwrap_or_else(|e| panic!("invalid test request: {e}"));
+        let headers = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let built =
+            crate::cases::client_request(req.method.as_str(), &req.target, headers, req.body)
+                .unwrap_or_else(|e| panic!("invalid test request: {e}"));
         let conn = ConnInfo {
             peer: req.client,
             tls: false,
