@@ -72,6 +72,7 @@ fn benches(c: &mut Criterion) {
                     policy: Default::default(),
                     fail: Default::default(),
                     state: None,
+                    outbound: None,
                 },
                 metrics.plugin("headers", "bench", &weir::plugin::PluginErrorKind::REASONS),
             )

@@ -43,6 +43,7 @@ fn request() -> RequestState {
         route_id: "bench".into(),
         vars: Vec::new(),
         read_only: false,
+        body: Default::default(),
     }
 }
 
@@ -62,6 +63,7 @@ async fn chain_plugin(stem: &str, name: &str, config: &str, isolation: Isolation
             policy: Default::default(),
             fail: Default::default(),
             state: None,
+            outbound: None,
         },
         metrics.plugin(name, "bench", &weir::plugin::PluginErrorKind::REASONS),
     )
@@ -77,6 +79,7 @@ async fn run_chain(plugins: &[ChainPlugin]) {
     let resp = ResponseState {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
+        body: Default::default(),
     };
     chain.response(req, resp).await.unwrap();
 }

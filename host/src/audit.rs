@@ -91,6 +91,8 @@ pub struct PolicyReport {
     pub env: Vec<String>,
     /// `grants.stdio`.
     pub stdio: Stdio,
+    /// `grants.http`: upstreams it may call.
+    pub http: Vec<String>,
 }
 
 /// One route's use of a plugin.
@@ -257,6 +259,7 @@ fn policy_report(p: &Policy, isolation: Isolation) -> PolicyReport {
         limits: p.limits.clone(),
         env: p.grants.env_names.clone(),
         stdio: p.grants.stdio,
+        http: p.grants.http.clone(),
     }
 }
 

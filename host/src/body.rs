@@ -21,6 +21,32 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// Why [`read_capped`] gave no body.
+#[derive(Debug)]
+pub enum ReadCapped {
+    /// More than the cap arrived.
+    TooLarge,
+    /// The body failed.
+    Failed(BoxError),
+}
+
+/// Reads `body` whole, failing as soon as more than `cap` bytes arrive.
+/// (A plain loop over frames: `Limited` + `collect` in an async fn trips
+/// rustc's "not general enough" on the boxed error.)
+pub async fn read_capped(mut body: Body, cap: usize) -> Result<Bytes, ReadCapped> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadCapped::Failed)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > cap {
+                return Err(ReadCapped::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// The client paused its request body for longer than allowed.
 #[derive(Debug, thiserror::Error)]
 #[error("no request body data for {0:?}")]

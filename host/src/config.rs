@@ -566,6 +566,13 @@ pub struct Plugin {
     /// `max_state_bytes`: host state the plugin may hold, counted as each key's
     /// length plus a fixed cost per entry (default `"1MiB"`, at least `"1KiB"`).
     pub max_state_bytes: Option<Spanned<ByteSize>>,
+    /// `max_body_bytes`: largest body the plugin is handed or may set, when it
+    /// asks for bodies (default `"1MiB"`; a request over it gets 413, a response 502).
+    pub max_body_bytes: Option<Spanned<ByteSize>>,
+    /// `max_outbound_calls`: outbound HTTP calls per hook call (default 8).
+    pub max_outbound_calls: Option<Spanned<u32>>,
+    /// `max_outbound_body`: largest response body of an outbound call (default `"1MiB"`).
+    pub max_outbound_body: Option<Spanned<ByteSize>>,
     /// `state`: `"shared"` (default: `[state] backend`) or `"memory"` (this gateway only).
     #[serde(default)]
     pub state: StateBackend,
@@ -589,6 +596,9 @@ pub struct Grants {
     /// `stdio`: `"discard"` (default) or `"log"` (stdout/stderr lines into the gateway log).
     #[serde(default)]
     pub stdio: Stdio,
+    /// `http`: names of `[upstreams.*]` the plugin may call with `weir:plugin/outbound`.
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
 }
 
 /// Where a plugin's stdout and stderr go.

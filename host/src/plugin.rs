@@ -42,6 +42,8 @@ use host::state::SharedState;
 
 /// The WIT package this gateway speaks; plugins must be built against it.
 pub const WIT_PACKAGE: &str = "weir:plugin@0.2.0";
+/// The import of outbound HTTP, which needs `grants.http`.
+const OUTBOUND_IMPORT: &str = "weir:plugin/outbound@";
 /// The export that makes a component a filter for [`WIT_PACKAGE`].
 const FILTER_EXPORT: &str = "weir:plugin/filter@0.2.0";
 
@@ -265,6 +267,11 @@ fn check_version(exports: &[String]) -> Result<(), LoadError> {
 /// Every import must be allowed, and the declared initial memory must fit `max_memory`.
 fn admit(imports: &[String], min_memory: Option<u64>, policy: &Policy) -> Result<(), LoadError> {
     for import in imports {
+        if import.starts_with(OUTBOUND_IMPORT) && policy.grants.http.is_empty() {
+            return Err(LoadError::NeedsGrant {
+                import: import.clone(),
+            });
+        }
         let cap = Capability::of(import);
         if !cap.allowed() {
             return Err(LoadError::NotGranted {
@@ -369,6 +376,12 @@ pub enum LoadError {
         import: String,
         /// The capability it belongs to.
         capability: &'static str,
+    },
+    /// It imports outbound HTTP but the manifest grants it no upstream.
+    #[error("imports `{import}` (outbound HTTP), but `grants.http` names no upstream it may call")]
+    NeedsGrant {
+        /// The import's full name.
+        import: String,
     },
     /// A module declares more initial memory than `max_memory` allows.
     #[error("declares {min} bytes of initial linear memory, more than its `max_memory` ({limit})")]

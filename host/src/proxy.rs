@@ -2,6 +2,7 @@
 //! shutdown, and the handler that runs each request through its route (see
 //! [`handler`]).
 
+mod bodies;
 mod handler;
 pub use handler::{Observed, RequestBody, handle, handle_observed};
 pub mod headers;

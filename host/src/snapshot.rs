@@ -22,10 +22,12 @@ use serde_spanned::Spanned;
 
 use crate::config::StateFailure;
 use crate::config::{self, ConfigError, Manifest};
+use crate::plugin::host::outbound::OutboundClient;
 use crate::plugin::host::state::RedisBackend;
 use crate::plugin::{ChainPlugin, LoadedPlugin, PluginErrorKind, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
+use crate::upstream::outbound::Upstreams;
 use crate::upstream::{self, Target, Upstream};
 
 pub use admin::AdminSettings;
@@ -254,7 +256,9 @@ impl Snapshot {
         let upstreams = resolve_upstreams(&mut l, previous);
         let (plugins, policies) = load_plugins(&mut l, runtime, previous).await;
         let state = state::resolve_state(&mut l, metrics, previous);
+        let outbound: Arc<dyn OutboundClient> = Arc::new(Upstreams(upstreams.clone()));
         let loaded = Loaded {
+            outbound,
             state: state.as_ref(),
             runtime,
             metrics,
@@ -305,6 +309,8 @@ struct Loaded<'a> {
     plugins: &'a BTreeMap<String, Arc<LoadedPlugin>>,
     policies: &'a BTreeMap<String, Arc<Policy>>,
     state: Option<&'a Arc<RedisBackend>>,
+    /// The upstreams as plugins granted `grants.http` call them.
+    outbound: Arc<dyn OutboundClient>,
 }
 
 /// `[server]` (with its TLS), and the `[admin]` and `[log]` checks.
@@ -581,6 +587,7 @@ async fn resolve_chain(
             policy,
             fail,
             state: loaded.state.cloned(),
+            outbound: Some(loaded.outbound.clone()),
         };
         match ChainPlugin::new(
             loaded.runtime.clone(),

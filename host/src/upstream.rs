@@ -12,6 +12,7 @@
 
 pub mod echo;
 mod health;
+pub mod outbound;
 mod pick;
 pub mod pool;
 
@@ -458,6 +459,49 @@ impl Upstream {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+
+    /// One exchange with target `endpoint`, whatever kind it is (the demo
+    /// echo, a pooled HTTP/1.1 target, or the shared client's TLS and h2c
+    /// ones). No timeout: callers set their own.
+    pub async fn exchange(
+        &self,
+        endpoint: &Endpoint,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, ExchangeError> {
+        use http_body_util::BodyExt;
+        let target = &endpoint.target;
+        match (target, &endpoint.pool) {
+            (Target::Echo, _) => echo::respond(req).await.map_err(ExchangeError::Failed),
+            (_, Some(pool)) => match pool.send(req).await {
+                Err(pool::Error::Connect(e)) => {
+                    Err(ExchangeError::Connect(format!("{target}: {e}")))
+                }
+                Err(pool::Error::Exchange(e)) => Err(ExchangeError::Failed(Box::new(e))),
+                Ok(resp) => {
+                    Ok(resp.map(|b| b.map_err(|e| Box::new(e) as crate::body::BoxError).boxed()))
+                }
+            },
+            (Target::Http { .. }, None) => match self.client.request(req).await {
+                Err(e) if e.is_connect() => Err(ExchangeError::Connect(format!(
+                    "{target}: {}",
+                    crate::error::chain(&e)
+                ))),
+                Err(e) => Err(ExchangeError::Failed(Box::new(e))),
+                Ok(resp) => {
+                    Ok(resp.map(|b| b.map_err(|e| Box::new(e) as crate::body::BoxError).boxed()))
+                }
+            },
+        }
+    }
+}
+
+/// How one exchange with a target failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// No connection could be made (retryable on another target).
+    Connect(String),
+    /// The exchange failed after connecting (or the request body failed).
+    Failed(crate::body::BoxError),
 }
 
 /// A request's place under an upstream's `max_requests` (and its target's

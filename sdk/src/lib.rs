@@ -83,6 +83,7 @@ pub mod wit {
 }
 
 pub use wit::exports::weir::plugin::filter::Hooks;
+pub use wit::weir::plugin::body::{Bodies, BodyError};
 pub use wit::weir::plugin::http::{Action, EditError, Header, Reply, Request, Response};
 
 // Each kind of change is its own WIT interface, so a plugin imports (and
@@ -121,6 +122,17 @@ impl Request {
     pub fn set_var(&self, name: &str, value: &str) -> Result<(), EditError> {
         wit::weir::plugin::vars::set_var(self, name, value)
     }
+    /// The request body, if this filter asked for it in [`Plugin::new`]
+    /// ([`body::buffer`]) and it is not in an encoding the gateway does not
+    /// decode. Empty when the request has none.
+    pub fn body(&self) -> Result<Vec<u8>, BodyError> {
+        wit::weir::plugin::body::request_body(self)
+    }
+    /// Replaces the request body sent upstream (`on_request` only; the
+    /// gateway sets `content-length`). At most the plugin's `max_body_bytes`.
+    pub fn set_body(&self, body: &[u8]) -> Result<(), BodyError> {
+        wit::weir::plugin::body::set_request_body(self, body)
+    }
     /// Sets several variables in one call to the gateway. Stops at the first
     /// refused one and says which (its index); those before it are set.
     pub fn set_vars(&self, vars: &[(&str, &str)]) -> Result<(), (u32, EditError)> {
@@ -154,6 +166,155 @@ impl Response {
     /// Removes a header; returns whether it was present.
     pub fn remove_header(&self, name: &str) -> Result<bool, EditError> {
         wit::weir::plugin::edit_response::remove_header(self, name)
+    }
+    /// The response body (the upstream's or an early reply's), if this
+    /// filter asked for it in [`Plugin::new`] ([`body::buffer`]).
+    pub fn body(&self) -> Result<Vec<u8>, BodyError> {
+        wit::weir::plugin::body::response_body(self)
+    }
+    /// Replaces the response body sent to the client (the gateway sets
+    /// `content-length`). At most the plugin's `max_body_bytes`.
+    pub fn set_body(&self, body: &[u8]) -> Result<(), BodyError> {
+        wit::weir::plugin::body::set_response_body(self, body)
+    }
+}
+
+/// Bodies: a filter asks for them once, in [`Plugin::new`], and reads or
+/// replaces them with [`Request::body`], [`Request::set_body`],
+/// [`Response::body`] and [`Response::set_body`].
+///
+/// Asking costs every request of the route a buffered body (up to the
+/// plugin's `max_body_bytes`; a larger one is refused, 413 or 502), so ask
+/// only for what this config needs. Bodies are handed over decoded (gzip
+/// and deflate); another encoding gives [`BodyError::Encoded`].
+///
+/// ```no_run
+/// # use weir_sdk::{Bodies, body};
+/// // In `Plugin::new`:
+/// body::buffer(Bodies::REQUEST | Bodies::RESPONSE);
+/// ```
+pub mod body {
+    pub use crate::wit::weir::plugin::body::{Bodies, BodyError};
+
+    /// Asks for bodies on this route. Call it in [`crate::Plugin::new`]; elsewhere it does nothing.
+    pub fn buffer(which: Bodies) {
+        crate::wit::weir::plugin::body::buffer(which);
+    }
+}
+
+/// HTTP calls to the upstreams the manifest grants this plugin
+/// (`grants = { http = ["idp"] }` in `[plugins.NAME]`).
+///
+/// A hook may make `max_outbound_calls` calls (default 8); each waits without
+/// holding a gateway worker and is cut by what is left of the hook's
+/// `call_timeout`. Every failure is a [`CallError`] to handle, never a trap.
+///
+/// ```no_run
+/// use weir_sdk::outbound;
+///
+/// # fn f() -> Result<(), outbound::CallError> {
+/// let resp = outbound::post("idp", "/introspect")
+///     .header("content-type", "application/x-www-form-urlencoded")
+///     .body("token=abc")
+///     .timeout_ms(200)
+///     .send()?;
+/// if resp.status == 200 {
+///     let claims: serde_json::Value = resp.json().unwrap_or_default();
+/// }
+/// # Ok(()) }
+/// ```
+pub mod outbound {
+    use crate::wit::weir::plugin::outbound as host;
+    pub use crate::wit::weir::plugin::outbound::{CallError, IncomingResponse, OutgoingRequest};
+
+    /// Starts a request to `upstream` (a `[upstreams.NAME]` granted to this plugin).
+    pub fn request(method: &str, upstream: &str, path: &str) -> OutgoingRequest {
+        OutgoingRequest {
+            upstream: upstream.into(),
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: None,
+        }
+    }
+    /// A `GET` request.
+    pub fn get(upstream: &str, path: &str) -> OutgoingRequest {
+        request("GET", upstream, path)
+    }
+    /// A `POST` request.
+    pub fn post(upstream: &str, path: &str) -> OutgoingRequest {
+        request("POST", upstream, path)
+    }
+
+    impl OutgoingRequest {
+        /// Adds a header.
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.push(crate::Header {
+                name: name.into(),
+                value: value.into(),
+            });
+            self
+        }
+        /// Sets the body.
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+            self.body = body.into();
+            self
+        }
+        /// Sets a JSON body and its `content-type`.
+        pub fn json(self, body: &serde_json::Value) -> Self {
+            self.header("content-type", "application/json")
+                .body(body.to_string())
+        }
+        /// Gives up after `ms` milliseconds.
+        pub fn timeout_ms(mut self, ms: u32) -> Self {
+            self.timeout_ms = Some(ms);
+            self
+        }
+        /// Sends it and waits for the whole response.
+        pub fn send(self) -> Result<IncomingResponse, CallError> {
+            host::send(&self)
+        }
+    }
+
+    /// Sends every request at once (in parallel) and waits for all; results in order.
+    pub fn send_all(reqs: &[OutgoingRequest]) -> Vec<Result<IncomingResponse, CallError>> {
+        host::send_all(reqs)
+    }
+
+    impl IncomingResponse {
+        /// The first value of a header (names are lower case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value.as_str())
+        }
+        /// The body decoded as JSON.
+        pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+            serde_json::from_slice(&self.body).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// A cache of byte values with an expiry, in host state: every instance of
+/// this plugin (and every gateway on the same `[state]` backend) sees it.
+/// Values count towards the plugin's `max_state_bytes`; a [`set`] that does
+/// not fit returns false.
+pub mod cache {
+    use crate::wit::weir::plugin::cache as host;
+
+    /// The value under `key`, unless absent or expired.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        host::get(key)
+    }
+    /// Stores `value` under `key` for `ttl_ms` milliseconds (at most a day).
+    pub fn set(key: &str, value: &[u8], ttl_ms: u64) -> bool {
+        host::set(key, value, ttl_ms)
+    }
+    /// Forgets `key`.
+    pub fn delete(key: &str) {
+        host::delete(key);
     }
 }
 
@@ -244,7 +405,8 @@ pub trait Plugin: Sized + 'static {
 
     /// Builds the filter from its config when the gateway loads it for a
     /// route. Returning `Err` rejects the config: `weir check` and startup
-    /// fail with this message, naming the route and plugin.
+    /// fail with this message, naming the route and plugin. A filter that
+    /// needs bodies asks for them here ([`body::buffer`]).
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// The hooks the gateway calls on this route, asked once after

@@ -48,6 +48,7 @@ fn request() -> RequestState {
         route_id: "chain".into(),
         vars: Vec::new(),
         read_only: false,
+        body: Default::default(),
     }
 }
 
@@ -58,6 +59,7 @@ fn usage(isolation: Isolation, config: &str) -> PluginUse {
         policy: Default::default(),
         fail: Default::default(),
         state: None,
+        outbound: None,
     }
 }
 
@@ -100,6 +102,7 @@ async fn run_chain(plugins: &[ChainPlugin]) {
     let resp = ResponseState {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
+        body: Default::default(),
     };
     chain.response(req, resp).await.expect("chain");
 }

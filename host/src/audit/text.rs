@@ -100,6 +100,13 @@ fn plugin(out: &mut String, p: &PluginReport) {
             pol.limits.max_state_entries,
             size(pol.limits.max_state_bytes as u64)
         );
+        let _ = writeln!(
+            out,
+            "             max_body_bytes {}, max_outbound_calls {}, max_outbound_body {}",
+            size(pol.limits.max_body_bytes as u64),
+            pol.limits.max_outbound_calls,
+            size(pol.limits.max_outbound_body as u64)
+        );
         let env = if pol.env.is_empty() {
             "none".to_string()
         } else {
@@ -109,7 +116,12 @@ fn plugin(out: &mut String, p: &PluginReport) {
             Stdio::Discard => "discard",
             Stdio::Log => "log",
         };
-        let _ = writeln!(out, "  grants     env: {env}; stdio: {stdio}");
+        let http = if pol.http.is_empty() {
+            "none".to_string()
+        } else {
+            pol.http.join(", ")
+        };
+        let _ = writeln!(out, "  grants     env: {env}; stdio: {stdio}; http: {http}");
         if p.routes.is_empty() {
             let _ = writeln!(out, "  routes     none");
         } else {

@@ -6,7 +6,13 @@ wasmtime::component::bindgen!({
     world: "plugin",
     // Host functions return `wasmtime::Result` so a bad handle traps instead of panicking.
     // State calls may wait for Redis: async, so the wait yields the worker.
-    imports: { "weir:plugin/state": async | trappable, default: trappable },
+    // Outbound calls and cache reads wait on the network: async too.
+    imports: {
+        "weir:plugin/state": async | trappable,
+        "weir:plugin/outbound": async | trappable,
+        "weir:plugin/cache": async | trappable,
+        default: trappable,
+    },
     // Exports run on a fiber so epoch deadlines can interrupt them.
     exports: { default: async },
     with: {

@@ -91,31 +91,44 @@ impl Capability {
 
     /// What the gateway API lets a plugin do, from the `weir:plugin`
     /// interfaces it imports (each interface is one kind of access).
-    fn weir_effect(imports: &[String]) -> String {
-        let does: Vec<&str> = imports
+    fn weir_effect(imports: &[String], grants: &super::Grants) -> String {
+        let does: Vec<String> = imports
             .iter()
             .filter_map(|i| i.strip_prefix("weir:plugin/"))
             .map(|i| match i.split('@').next().unwrap_or(i) {
-                "http" => "reads requests and responses",
-                "edit-request" => "edits request headers",
-                "rewrite" => "rewrites the path and query",
-                "vars" => "sets request variables",
-                "edit-response" => "edits response status and headers",
-                "state" => "shared counters and token buckets",
-                "log" => "logs",
-                "clock" => "reads the time",
-                "metrics" => "custom counters",
-                _ => "an interface this gateway does not know",
+                "outbound" if grants.http.is_empty() => {
+                    "calls upstreams over HTTP: no `grants.http`, so refused at load".to_string()
+                }
+                "outbound" => format!("calls upstreams over HTTP: {}", grants.http.join(", ")),
+                i => Self::weir_interface(i).to_string(),
             })
             .collect();
         does.join("; ")
+    }
+
+    /// What one `weir:plugin` interface lets a plugin do.
+    fn weir_interface(interface: &str) -> &'static str {
+        match interface {
+            "http" => "reads requests and responses",
+            "edit-request" => "edits request headers",
+            "rewrite" => "rewrites the path and query",
+            "vars" => "sets request variables",
+            "edit-response" => "edits response status and headers",
+            "state" => "shared counters and token buckets",
+            "log" => "logs",
+            "clock" => "reads the time",
+            "metrics" => "custom counters",
+            "body" => "reads and replaces the bodies it asks for",
+            "cache" => "a cache of values with expiry in host state",
+            _ => "an interface this gateway does not know",
+        }
     }
 
     /// What a plugin actually gets from `imports` (of this capability), given its grants.
     pub fn effect(self, grants: &super::Grants, imports: &[String]) -> String {
         use crate::config::Stdio as S;
         match self {
-            Capability::Weir => Self::weir_effect(imports),
+            Capability::Weir => Self::weir_effect(imports, grants),
             Capability::Environment if grants.env_names.is_empty() => {
                 "empty environment, no arguments".into()
             }
@@ -143,11 +156,22 @@ mod tests {
     fn imports_sort_into_capabilities() {
         assert_eq!(Capability::of("weir:plugin/http@0.2.0"), Capability::Weir);
         assert_eq!(
-            Capability::weir_effect(&[
-                "weir:plugin/http@0.2.0".into(),
-                "weir:plugin/vars@0.2.0".into()
-            ]),
+            Capability::weir_effect(
+                &[
+                    "weir:plugin/http@0.2.0".into(),
+                    "weir:plugin/vars@0.2.0".into()
+                ],
+                &crate::plugin::Grants::default()
+            ),
             "reads requests and responses; sets request variables"
+        );
+        let granted = crate::plugin::Grants {
+            http: vec!["idp".into(), "users".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            Capability::weir_effect(&["weir:plugin/outbound@0.2.0".into()], &granted),
+            "calls upstreams over HTTP: idp, users"
         );
         assert_eq!(Capability::of("wasi:cli/stdout@0.2.6"), Capability::Stdio);
         assert_eq!(

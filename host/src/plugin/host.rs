@@ -2,14 +2,18 @@
 //! interface, plus the store data that ties them together and the
 //! per-hook-call budgets (CPU ticks, host calls, log records).
 
+pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 pub mod state;
 pub mod stdio;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -43,6 +47,14 @@ pub struct HostState {
     /// The response of the current `on-response` call.
     pub(crate) response: Option<Box<http::ResponseState>>,
     stdio_budget: Option<stdio::Budget>,
+    /// True while `init` runs: the only time `body.buffer` counts.
+    pub(crate) in_init: bool,
+    /// The bodies this instance asked for in `init`.
+    pub(crate) bodies: body::Bodies,
+    /// `max_body_bytes`: largest body a plugin may be handed or set.
+    pub(crate) max_body: usize,
+    /// Outbound HTTP, when the manifest grants any upstream.
+    pub(crate) outbound: Option<Arc<outbound::Outbound>>,
 }
 
 /// What the current hook call has used so far; reset before each call.
@@ -58,6 +70,10 @@ pub(crate) struct Budget {
     pub max_host_calls: u32,
     /// Log records emitted.
     pub log_records: u32,
+    /// Outbound HTTP calls made.
+    pub outbound_calls: u32,
+    /// When the call's `call_timeout` runs out.
+    pub deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -117,11 +133,17 @@ impl HostState {
             stdio_budget,
             request: None,
             response: None,
+            in_init: false,
+            bodies: body::Bodies::empty(),
+            max_body: limits.max_body_bytes,
+            outbound: None,
         }
     }
 
-    /// Starts a hook call with fresh budgets.
-    pub(crate) fn begin_call(&mut self, max_ticks: u32) {
+    /// Starts a hook call with fresh budgets; it may take until `deadline`.
+    pub(crate) fn begin_call(&mut self, max_ticks: u32, deadline: Instant) {
+        self.budget.outbound_calls = 0;
+        self.budget.deadline = Some(deadline);
         self.budget.ticks = 0;
         self.budget.max_ticks = max_ticks;
         self.budget.host_calls = 0;

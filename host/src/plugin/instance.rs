@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode};
 use wasmtime::component::Resource;
@@ -18,7 +18,9 @@ use wasmtime::{Store, UpdateDeadline};
 use super::bindings::{self, Action, Hooks};
 use super::guard::{Guard, Pass, default_concurrency};
 use super::host::HostState;
+use super::host::body::Bodies;
 use super::host::http::{RequestState, ResponseState, reply_parts};
+use super::host::outbound::{Outbound, OutboundClient};
 use super::host::state::{RedisBackend, StateHandle, StateUnavailable};
 use super::limits::{
     HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy, StateQuota,
@@ -34,6 +36,13 @@ struct Instance {
     store: Store<HostState>,
     filter: bindings::Plugin,
     hooks: Hooks,
+}
+
+impl Instance {
+    /// The bodies its `init` asked for.
+    fn bodies(&self) -> Bodies {
+        self.store.data().bodies
+    }
 }
 
 /// The instance one request holds of one plugin, from its first hook to the
@@ -99,6 +108,8 @@ pub struct ChainPlugin {
     failures: [AtomicU64; PluginErrorKind::REASONS.len()],
     guard: Arc<Guard>,
     hooks: Hooks,
+    bodies: Bodies,
+    outbound: Option<Arc<Outbound>>,
 }
 
 /// A plugin failed: the request cannot go on as configured.
@@ -152,11 +163,14 @@ pub enum PluginErrorKind {
     /// The shared state backend did not answer, and the plugin fails closed.
     #[error("{0}")]
     StateBackend(StateUnavailable),
+    /// A body it asked for is larger than its `max_body_bytes`.
+    #[error("a body it asked for is larger than its `max_body_bytes` ({0} bytes)")]
+    BodyLimit(usize),
 }
 
 impl PluginErrorKind {
     /// Every [`PluginErrorKind::reason`], in declaration order.
-    pub const REASONS: [&'static str; 12] = [
+    pub const REASONS: [&'static str; 13] = [
         "config",
         "instantiate",
         "trap",
@@ -169,6 +183,7 @@ impl PluginErrorKind {
         "circuit_open",
         "state_quota",
         "state_backend",
+        "body_limit",
     ];
 
     fn index(&self) -> usize {
@@ -185,6 +200,7 @@ impl PluginErrorKind {
             PluginErrorKind::CircuitOpen(_) => 9,
             PluginErrorKind::StateQuota(_) => 10,
             PluginErrorKind::StateBackend(_) => 11,
+            PluginErrorKind::BodyLimit(_) => 12,
         }
     }
 
@@ -301,6 +317,8 @@ pub struct PluginUse {
     pub fail: FailPolicy,
     /// The shared state backend (`[state]`); `None`: state in memory.
     pub state: Option<Arc<RedisBackend>>,
+    /// The manifest's upstreams, for a plugin granted `grants.http`.
+    pub outbound: Option<Arc<dyn OutboundClient>>,
 }
 
 impl ChainPlugin {
@@ -319,6 +337,7 @@ impl ChainPlugin {
             policy,
             fail,
             state,
+            outbound,
         } = usage;
         let guard = Arc::new(Guard::new(
             policy
@@ -329,6 +348,17 @@ impl ChainPlugin {
             &plugin.name,
             &route,
         ));
+        let outbound = outbound
+            .filter(|_| !policy.grants.http.is_empty())
+            .map(|client| {
+                Arc::new(Outbound {
+                    client,
+                    granted: policy.grants.http.clone().into(),
+                    max_calls: policy.limits.max_outbound_calls,
+                    max_body: policy.limits.max_outbound_body,
+                    guard: guard.clone(),
+                })
+            });
         let mut chain = ChainPlugin {
             plugin,
             route,
@@ -343,6 +373,8 @@ impl ChainPlugin {
             failures: Default::default(),
             guard,
             hooks: Hooks::empty(),
+            bodies: Bodies::empty(),
+            outbound,
         };
         // `init` runs off the request path, but must not hang a load either.
         let limit = chain.policy.limits.call_timeout.max(MIN_INIT_TIMEOUT);
@@ -352,6 +384,7 @@ impl ChainPlugin {
             .map_err(|kind| chain.error(kind))?;
         // What the first instance declared holds for the route: same code, same config.
         chain.hooks = first.hooks;
+        chain.bodies = first.bodies();
         chain.checkin(first);
         Ok(chain)
     }
@@ -369,6 +402,25 @@ impl ChainPlugin {
     /// Whether `init` asked for `on-response` on this route.
     pub fn wants_response(&self) -> bool {
         self.hooks.contains(Hooks::ON_RESPONSE)
+    }
+
+    /// Logs and counts a body over this plugin's `max_body_bytes` (the
+    /// request is refused whatever `fail` says).
+    pub fn body_too_large(&self, hook: &'static str) {
+        self.failed(
+            hook,
+            PluginErrorKind::BodyLimit(self.policy.limits.max_body_bytes),
+        );
+    }
+
+    /// Whether `init` asked for the request body (`body.buffer`).
+    pub fn wants_request_body(&self) -> bool {
+        self.bodies.contains(Bodies::REQUEST)
+    }
+
+    /// Whether `init` asked for the response body (`body.buffer`).
+    pub fn wants_response_body(&self) -> bool {
+        self.bodies.contains(Bodies::RESPONSE)
     }
 
     /// Whether a request keeps its instance from `on-request` to `on-response`.
@@ -441,6 +493,8 @@ impl ChainPlugin {
             self.metrics.counters.clone(),
             &self.policy,
         );
+        let mut state = state;
+        state.outbound = self.outbound.clone();
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(limits.max_transfer());
@@ -456,7 +510,11 @@ impl ChainPlugin {
             })
         });
         let init_deadline = limits.cpu_deadline.max(MIN_INIT_DEADLINE);
-        store.data_mut().begin_call(limits.init_ticks());
+        let init_timeout = limits.call_timeout.max(MIN_INIT_TIMEOUT);
+        store
+            .data_mut()
+            .begin_call(limits.init_ticks(), Instant::now() + init_timeout);
+        store.data_mut().in_init = true;
         store.set_epoch_deadline(1);
         let filter = self
             .plugin
@@ -473,6 +531,7 @@ impl ChainPlugin {
             .await
             .map_err(|e| PluginErrorKind::from_call(e, limits, init_deadline))?
             .map_err(PluginErrorKind::Config)?;
+        store.data_mut().in_init = false;
         Ok(Instance {
             store,
             filter,
@@ -500,9 +559,10 @@ impl ChainPlugin {
     }
 
     fn begin(&self, inst: &mut Instance) {
-        inst.store
-            .data_mut()
-            .begin_call(self.policy.limits.hook_ticks());
+        inst.store.data_mut().begin_call(
+            self.policy.limits.hook_ticks(),
+            Instant::now() + self.policy.limits.call_timeout,
+        );
         inst.store.set_epoch_deadline(1);
     }
 

@@ -68,6 +68,13 @@ pub struct Limits {
     /// `max_state_bytes`: bytes of host state the plugin may hold: each key's
     /// length plus [`STATE_ENTRY_OVERHEAD`] per entry.
     pub max_state_bytes: usize,
+    /// `max_body_bytes`: largest request or response body the plugin is
+    /// handed (when it asks for bodies) or may set.
+    pub max_body_bytes: usize,
+    /// `max_outbound_calls`: outbound HTTP calls per hook call.
+    pub max_outbound_calls: u32,
+    /// `max_outbound_body`: largest response body an outbound call hands back.
+    pub max_outbound_body: usize,
 }
 
 impl Default for Limits {
@@ -86,6 +93,9 @@ impl Default for Limits {
             max_log_rate: 64 << 10,
             max_state_entries: 10_000,
             max_state_bytes: 1 << 20,
+            max_body_bytes: 1 << 20,
+            max_outbound_calls: 8,
+            max_outbound_body: 1 << 20,
         }
     }
 }
@@ -93,10 +103,11 @@ impl Default for Limits {
 impl Limits {
     /// Bytes a plugin may hand the host in one call (strings and lists lifted
     /// out of its memory, e.g. a reply): 1 MiB, or twice what a maximal reply
-    /// needs if that is more. Bounds the host memory one call can cost even when
-    /// a hand-crafted list points many entries at the same bytes.
+    /// or body needs if that is more. Bounds the host memory one call can cost
+    /// even when a hand-crafted list points many entries at the same bytes.
     pub fn max_transfer(&self) -> usize {
-        (2 * (self.max_reply_body + self.max_header_bytes)).max(1 << 20)
+        let largest = self.max_reply_body.max(self.max_body_bytes);
+        (2 * (largest + self.max_header_bytes)).max(1 << 20)
     }
 
     /// CPU budget of one hook call, in epoch ticks (at least one).
@@ -129,6 +140,8 @@ pub struct Grants {
     pub env_names: Vec<String>,
     /// Where stdout and stderr go.
     pub stdio: Stdio,
+    /// `http`: the `[upstreams.NAME]` the plugin may call (`weir:plugin/outbound`).
+    pub http: Vec<String>,
 }
 
 /// Everything the manifest says about one plugin's sandbox.

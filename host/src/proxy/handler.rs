@@ -41,9 +41,11 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 
 use super::ConnInfo;
+use super::bodies::{self, BodyError};
 use super::headers::{self as edge, set_forwarded, strip_hop_by_hop};
 use crate::body::{self, Body, BoxError};
 use crate::error::GatewayError;
+use crate::plugin::host::body::Buffered;
 use crate::plugin::{Chain, Early, Failed, RequestState, ResponseState};
 use crate::router::host_of;
 use crate::snapshot::{Route, ServerSettings, Snapshot};
@@ -51,7 +53,7 @@ use crate::telemetry::metrics::Exchange;
 use crate::telemetry::spans::{RequestSpans, ServerSpan};
 use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{Access, RequestInfo, log_access};
-use crate::upstream::{Endpoint, Target, echo, pool};
+use crate::upstream::{Endpoint, ExchangeError, Target};
 
 /// Request bodies up to this size are read whole before the upstream is
 /// asked for a place (nginx buffers 8-16 KiB in memory by default).
@@ -180,10 +182,18 @@ impl RequestCtx {
         let (route, authority) = self.route(&parts, &path)?;
         let upgrade = edge::websocket_upgrade(&parts)
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-        let state = self.edge_headers(&mut parts, path, authority, &route);
+        let mut state = self.edge_headers(&mut parts, path, authority, &route);
         if let Some(spans) = &mut self.spans {
             spans.client = Some(state.client);
         }
+        // A filter asked for the request body: read it now (decoded), before any hook.
+        let body = match bodies::request_cap(&route).filter(|_| upgrade.is_none()) {
+            Some(cap) => {
+                state.body = self.buffer_request(&mut state.headers, body, cap).await?;
+                None
+            }
+            None => Some(body),
+        };
 
         let mut chain = Chain::new(&route.chain);
         if self.spans.is_some() {
@@ -196,6 +206,10 @@ impl RequestCtx {
         let (answer, tunnel) = match early {
             Some(early) => (Answer::early(early), None),
             None => self.upstream(&route, &mut state, body, upgrade).await?,
+        };
+        let answer = match bodies::response_cap(&route) {
+            Some(cap) if tunnel.is_none() => self.buffer_response(&route, answer, cap).await?,
+            _ => answer,
         };
         let resp = self.response_chain(&mut chain, state, answer).await?;
         Ok(finish_response(resp, tunnel, &route.id))
@@ -267,6 +281,7 @@ impl RequestCtx {
             route_id: route.id.clone(),
             vars,
             read_only: false,
+            body: Buffered::Streamed,
         }
     }
 
@@ -299,7 +314,7 @@ impl RequestCtx {
         &mut self,
         route: &Route,
         state: &mut RequestState,
-        body: B,
+        body: Option<B>,
         upgrade: Option<Option<hyper::upgrade::OnUpgrade>>,
     ) -> Result<(Answer, Option<Tunnel>), GatewayError> {
         let upgrading = upgrade.is_some();
@@ -326,6 +341,7 @@ impl RequestCtx {
                 headers,
                 body: b,
                 framing,
+                buffered: Buffered::Streamed,
             },
             tunnel,
         ))
@@ -339,29 +355,122 @@ impl RequestCtx {
         state: RequestState,
         answer: Answer,
     ) -> Result<Answer, GatewayError> {
+        if chain.is_empty() {
+            return Ok(answer);
+        }
         let Answer {
             status,
             headers,
             body,
             framing,
+            buffered,
         } = answer;
-        if chain.is_empty() {
-            return Ok(Answer {
-                status,
-                headers,
-                body,
-                framing,
-            });
-        }
-        let result = Box::pin(chain.response(state, ResponseState { status, headers })).await;
+        let resp = ResponseState {
+            status,
+            headers,
+            body: buffered,
+        };
+        let result = Box::pin(chain.response(state, resp)).await;
         self.access.plugin_time = chain.plugin_time;
         self.take_hooks(chain);
         let (_, resp) = result.map_err(plugin_failed)?;
+        // A buffered body goes out as the plugins left it, framed by its length.
+        let (body, framing) = match resp.body.bytes() {
+            Some(b) => (body::full(b.clone()), Some(HeaderValue::from(b.len()))),
+            None => (body, framing),
+        };
         Ok(Answer {
             status: resp.status,
             headers: resp.headers,
             body,
             framing,
+            buffered: Buffered::Streamed,
+        })
+    }
+
+    /// Reads the request body whole for the filters that asked for it (phase 4).
+    async fn buffer_request<B: RequestBody>(
+        &mut self,
+        headers: &mut HeaderMap,
+        body: B,
+        cap: bodies::Cap,
+    ) -> Result<Buffered, GatewayError> {
+        let server = &self.snap.server;
+        let limit = cap
+            .bytes
+            .min(usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX));
+        let timed = body::Timed::new(body, server.body_read_timeout).boxed();
+        let buffered = match bodies::read(timed, headers, limit).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                if limit == cap.bytes
+                    && let Some(p) = self.route.as_ref().and_then(|r| r.chain.get(cap.plugin))
+                {
+                    p.body_too_large("on-request");
+                }
+                return Err(GatewayError::BodyTooLarge(limit as u64));
+            }
+            Err(BodyError::Corrupt(_)) => {
+                return Err(GatewayError::BadFraming(
+                    "the request body does not decode as its content-encoding says",
+                ));
+            }
+            Err(BodyError::Read(e)) => return Err(classify(e, server, "the client")),
+        };
+        self.body_unread = false;
+        Ok(buffered)
+    }
+
+    /// Reads the response body whole for the filters that asked for it
+    /// (phase 6); not for `HEAD` or bodiless statuses.
+    async fn buffer_response(
+        &mut self,
+        route: &Route,
+        answer: Answer,
+        cap: bodies::Cap,
+    ) -> Result<Answer, GatewayError> {
+        if self.method == Method::HEAD || matches!(answer.status.as_u16(), 100..=199 | 204 | 304) {
+            return Ok(answer);
+        }
+        let Answer {
+            status,
+            mut headers,
+            body,
+            ..
+        } = answer;
+        let timeout = route.upstream.settings.request_timeout;
+        let read = tokio::time::timeout(timeout, bodies::read(body, &mut headers, cap.bytes)).await;
+        let buffered = match read {
+            Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+            Ok(Ok(b)) => b,
+            Ok(Err(BodyError::TooLarge)) => {
+                let plugin = &route.chain[cap.plugin];
+                plugin.body_too_large("on-response");
+                return Err(GatewayError::UpstreamUnavailable(format!(
+                    "the response body is larger than the {} bytes plugin `{}` may be handed (`max_body_bytes`)",
+                    cap.bytes,
+                    plugin.name()
+                )));
+            }
+            Ok(Err(BodyError::Corrupt(why))) => {
+                return Err(GatewayError::UpstreamUnavailable(format!(
+                    "the upstream sent a {why}"
+                )));
+            }
+            Ok(Err(BodyError::Read(e))) => {
+                return Err(GatewayError::UpstreamUnavailable(format!(
+                    "reading the response body: {}",
+                    crate::error::chain(&*e)
+                )));
+            }
+        };
+        let bytes = buffered.bytes().cloned().unwrap_or_default();
+        Ok(Answer {
+            status,
+            headers,
+            framing: Some(HeaderValue::from(bytes.len())),
+            body: body::full(bytes),
+            buffered,
         })
     }
 
@@ -381,15 +490,17 @@ impl RequestCtx {
         &mut self,
         route: &Route,
         state: &mut RequestState,
-        body: B,
+        body: Option<B>,
         upgrading: bool,
     ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), GatewayError> {
         let server = &self.snap.server;
         let upstream = &route.upstream;
+        // A body read whole for plugins (`None` here) goes as they left it.
+        let buffered = state.body.bytes().cloned();
         // A request without a body can be sent again; one with a body streams once.
-        let replayable = body.is_end_stream();
+        let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream);
         let mut upload = None;
-        if !replayable {
+        if let Some(body) = body.filter(|b| !b.is_end_stream()) {
             self.body_unread = false;
             let limit = usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX);
             let timed = body::Timed::new(Limited::new(body, limit), server.body_read_timeout);
@@ -414,6 +525,13 @@ impl RequestCtx {
         } else {
             state.headers.clone()
         };
+        if let Some(b) = &buffered {
+            bodies::set_length(&mut headers, b.len());
+        }
+        // Plugins are handed plain bodies: ask the upstream for one.
+        if bodies::response_cap(route).is_some() {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
         if upgrading {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -438,7 +556,10 @@ impl RequestCtx {
             let mut req = Request::builder()
                 .method(state.method.clone())
                 .uri(uri)
-                .body(upload.take().map_or_else(body::empty, BodyExt::boxed))
+                .body(upload.take().map_or_else(
+                    || buffered.clone().map_or_else(body::empty, body::full),
+                    BodyExt::boxed,
+                ))
                 .map_err(|e| {
                     GatewayError::Internal(format!("cannot build the upstream request: {e}"))
                 })?;
@@ -578,6 +699,8 @@ struct Answer {
     body: Body,
     /// The upstream's `Content-Length`: framing stays the gateway's, whatever plugins do.
     framing: Option<HeaderValue>,
+    /// The body read whole for plugins that asked for it.
+    buffered: Buffered,
 }
 
 impl Answer {
@@ -588,6 +711,7 @@ impl Answer {
             body: body::full(e.body),
             // The reply's length is its body's: hyper frames it.
             framing: None,
+            buffered: Buffered::Streamed,
         }
     }
 }
@@ -730,36 +854,18 @@ async fn attempt(
             GatewayError::UpstreamTimeout(timeout)
         }
     };
-    let resp = match (target, &endpoint.pool) {
-        (Target::Echo, _) => {
-            return echo::respond(req)
-                .await
-                .map(|r| (r, None))
-                .map_err(|e| classify(e, server, "builtin:echo"));
-        }
-        (_, Some(pool)) => match tokio::time::timeout(timeout, pool.send(req)).await {
+    let resp = match endpoint.target {
+        // The demo upstream answers at once: no timeout to race.
+        Target::Echo => upstream.exchange(endpoint, req).await,
+        _ => match tokio::time::timeout(timeout, upstream.exchange(endpoint, req)).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(pool::Error::Connect(e))) => {
-                return Err(GatewayError::UpstreamConnect(format!("{target}: {e}")));
-            }
-            Ok(Err(pool::Error::Exchange(e))) => {
-                return Err(classify(Box::new(e), server, &target.to_string()));
-            }
-            Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+            Ok(r) => r,
         },
-        (Target::Http { .. }, None) => {
-            match tokio::time::timeout(timeout, upstream.client.request(req)).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Err(e)) if e.is_connect() => {
-                    return Err(GatewayError::UpstreamConnect(format!(
-                        "{target}: {}",
-                        crate::error::chain(&e)
-                    )));
-                }
-                Ok(Err(e)) => return Err(classify(Box::new(e), server, &target.to_string())),
-                Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
-            }
-        }
+    };
+    let resp = match resp {
+        Ok(resp) => resp,
+        Err(ExchangeError::Connect(e)) => return Err(GatewayError::UpstreamConnect(e)),
+        Err(ExchangeError::Failed(e)) => return Err(classify(e, server, &target.to_string())),
     };
     let mut resp = resp;
     let up = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)

@@ -82,6 +82,13 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         d.max_state_entries as u32,
         1,
     ) as usize;
+    let max_outbound_calls = count(
+        l,
+        &p.max_outbound_calls,
+        "max_outbound_calls",
+        d.max_outbound_calls,
+        1,
+    );
     let size = |v: &Option<Spanned<config::ByteSize>>, default: usize| {
         v.as_ref().map_or(default, |v| v.get_ref().bytes())
     };
@@ -114,6 +121,9 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         max_log_rate: size(&p.max_log_rate, d.max_log_rate),
         max_state_entries,
         max_state_bytes,
+        max_body_bytes: size(&p.max_body_bytes, d.max_body_bytes),
+        max_outbound_calls,
+        max_outbound_body: size(&p.max_outbound_body, d.max_outbound_body),
     };
 
     let sha256 = match &p.sha256 {
@@ -153,10 +163,44 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
             env.push((n_ref.clone(), value));
         }
     }
+    let mut http = Vec::new();
+    for u in &p.grants.http {
+        let known =
+            l.m.doc
+                .upstreams
+                .keys()
+                .any(|k| k.get_ref().as_str() == u.get_ref());
+        if !known {
+            let mut names: Vec<&str> =
+                l.m.doc
+                    .upstreams
+                    .keys()
+                    .map(|k| k.get_ref().as_str())
+                    .collect();
+            names.sort_unstable();
+            let names = if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            };
+            bad(
+                l,
+                u.span(),
+                format!(
+                    "`grants.http` names `{}`, which is not an `[upstreams.*]` (defined: {names})",
+                    u.get_ref()
+                ),
+                "grant upstreams by their `[upstreams.NAME]` name; define the upstream first",
+            );
+            continue;
+        }
+        http.push(u.get_ref().clone());
+    }
     let grants = Grants {
         env,
         env_names,
         stdio: p.grants.stdio,
+        http,
     };
     ok.then_some(Policy {
         limits,
@@ -181,6 +225,10 @@ pub(super) fn load_error_help(
         LoadError::NotGranted { .. } => (
             p.path.span(),
             "plugins may not use this interface: rebuild the plugin without it (`weir audit FILE` lists its imports)".into(),
+        ),
+        LoadError::NeedsGrant { .. } => (
+            p.path.span(),
+            "grant the upstreams it may call, e.g. `grants = { http = [\"idp\"] }` (names of `[upstreams.*]`)".into(),
         ),
         LoadError::TooLarge { .. } => (
             at(p.max_module_bytes.as_ref().map(Spanned::span)),

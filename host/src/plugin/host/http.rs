@@ -14,6 +14,7 @@ use http::{Method, StatusCode};
 use wasmtime::component::Resource;
 
 use super::HostState;
+use super::body::Buffered;
 use crate::plugin::bindings::weir::plugin::http::{
     EditError, Header, Host, HostRequest, HostResponse,
 };
@@ -57,6 +58,8 @@ pub struct RequestState {
     pub vars: Vec<(String, String)>,
     /// True during response hooks.
     pub read_only: bool,
+    /// The body, when a filter on the route asked for it.
+    pub body: Buffered,
 }
 
 /// The response as plugins see it.
@@ -66,6 +69,8 @@ pub struct ResponseState {
     pub status: StatusCode,
     /// Headers (hop-by-hop ones already removed).
     pub headers: HeaderMap,
+    /// The body, when a filter on the route asked for it.
+    pub body: Buffered,
 }
 
 /// Framing and hop-by-hop headers: the gateway owns them on both sides, so a
@@ -178,7 +183,10 @@ fn remove(h: &mut HeaderMap, n: &str) -> Result<bool, EditError> {
 // host hands out with rep 0 and never looks up. The component model type-checks
 // them and ends them with the call.
 impl HostState {
-    fn req(&mut self, r: &Resource<RequestState>) -> wasmtime::Result<&mut RequestState> {
+    pub(super) fn req(
+        &mut self,
+        r: &Resource<RequestState>,
+    ) -> wasmtime::Result<&mut RequestState> {
         let _ = r;
         self.charge()?;
         self.request
@@ -198,7 +206,10 @@ impl HostState {
         })
     }
 
-    fn resp(&mut self, r: &Resource<ResponseState>) -> wasmtime::Result<&mut ResponseState> {
+    pub(super) fn resp(
+        &mut self,
+        r: &Resource<ResponseState>,
+    ) -> wasmtime::Result<&mut ResponseState> {
         let _ = r;
         self.charge()?;
         self.response

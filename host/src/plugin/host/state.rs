@@ -30,18 +30,18 @@ pub(crate) const MAX_KEY: usize = 512;
 /// One plugin's state as its instances reach it: the local store, and the
 /// shared backend when the plugin uses one.
 pub(crate) struct StateHandle {
-    local: Arc<PluginStore>,
-    quota: Quota,
+    pub(super) local: Arc<PluginStore>,
+    pub(super) quota: Quota,
     remote: Option<Remote>,
 }
 
-struct Remote {
-    backend: Arc<RedisBackend>,
+pub(super) struct Remote {
+    pub(super) backend: Arc<RedisBackend>,
     /// `{prefix}:{plugin}:`, so one plugin cannot name another's keys.
     prefix: String,
     failure: StateFailure,
     /// The calling route's concurrency guard: a round trip lends its place.
-    guard: Arc<Guard>,
+    pub(super) guard: Arc<Guard>,
 }
 
 impl StateHandle {
@@ -74,7 +74,7 @@ impl StateHandle {
 
     /// The shared backend if it is up; `Ok(None)` when the call falls back
     /// to local state; an error when the plugin fails closed.
-    fn remote(&self) -> Result<Option<&Remote>, StateUnavailable> {
+    pub(super) fn remote(&self) -> Result<Option<&Remote>, StateUnavailable> {
         match &self.remote {
             None => Ok(None),
             Some(r) if r.backend.is_up() => Ok(Some(r)),
@@ -84,7 +84,7 @@ impl StateHandle {
 }
 
 impl Remote {
-    fn key(&self, key: &str) -> String {
+    pub(super) fn key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + key.len());
         k.push_str(&self.prefix);
         k.push_str(key);
@@ -92,7 +92,7 @@ impl Remote {
     }
 
     /// A fail-open plugin goes on locally (counted); a fail-closed one gets `e`.
-    fn fall_back(&self, e: StateUnavailable) -> Result<(), StateUnavailable> {
+    pub(super) fn fall_back(&self, e: StateUnavailable) -> Result<(), StateUnavailable> {
         match self.failure {
             StateFailure::Open => {
                 self.backend.fell_back();
@@ -103,7 +103,7 @@ impl Remote {
     }
 }
 
-fn check_key(key: &str) -> wasmtime::Result<()> {
+pub(super) fn check_key(key: &str) -> wasmtime::Result<()> {
     if key.len() > MAX_KEY {
         wasmtime::bail!("state key longer than {MAX_KEY} bytes");
     }

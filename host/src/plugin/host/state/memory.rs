@@ -108,6 +108,8 @@ enum Entry {
         capacity: f64,
         rate: f64,
     },
+    /// A `cache` value.
+    Value { value: Vec<u8>, expires_ms: u64 },
 }
 
 impl Entry {
@@ -127,6 +129,16 @@ impl Entry {
                 capacity,
                 rate,
             } => tokens + now.saturating_sub(last_ms) as f64 / 1000.0 * rate >= capacity,
+            // Expired values are as good as absent.
+            Entry::Value { expires_ms, .. } => now >= expires_ms,
+        }
+    }
+
+    /// Bytes held beyond the key and the fixed overhead (a cached value's length).
+    fn extra(&self) -> usize {
+        match self {
+            Entry::Value { value, .. } => value.len(),
+            _ => 0,
         }
     }
 }
@@ -170,7 +182,7 @@ impl PluginStore {
         init: impl FnOnce() -> Entry,
         f: impl FnOnce(&mut Entry) -> R,
     ) -> Result<R, StateQuota> {
-        let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
+        let shard = self.shard(&key);
         let mut evicted = false;
         loop {
             let mut s = lock(shard);
@@ -200,6 +212,75 @@ impl PluginStore {
         }
     }
 
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// The cached value under `key`, if it has not expired.
+    pub fn cache_get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = self.now_ms();
+        match lock(self.shard(key)).entries.get(key) {
+            Some(Entry::Value { value, expires_ms }) if now < *expires_ms => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    /// Caches `value` under `key` for `ttl_ms`; false when the quota has no
+    /// room for it even after idle entries are dropped.
+    pub fn cache_set(&self, key: String, value: Vec<u8>, ttl_ms: u64, quota: Quota) -> bool {
+        let now = self.now_ms();
+        let len = value.len();
+        let mut reserved = self.reserve_bytes(len, quota);
+        if !reserved {
+            for shard in &self.shards {
+                self.drop_idle(&mut lock(shard), now);
+            }
+            reserved = self.reserve_bytes(len, quota);
+        }
+        if !reserved {
+            return false;
+        }
+        let expires_ms = now.saturating_add(ttl_ms);
+        let stored = self.with_entry(
+            key,
+            now,
+            quota,
+            || Entry::Value {
+                value: Vec::new(),
+                expires_ms: 0,
+            },
+            |e| std::mem::replace(e, Entry::Value { value, expires_ms }).extra(),
+        );
+        match stored {
+            Ok(old) => {
+                self.bytes.fetch_sub(old, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.bytes.fetch_sub(len, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Forgets `key`.
+    pub fn cache_delete(&self, key: &str) {
+        if let Some(e) = lock(self.shard(key)).entries.remove(key) {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            self.bytes
+                .fetch_sub(cost(key) + e.extra(), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `n` more bytes in, if the quota has room.
+    fn reserve_bytes(&self, n: usize, quota: Quota) -> bool {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                v.checked_add(n).filter(|v| *v <= quota.bytes)
+            })
+            .is_ok()
+    }
+
     /// Counts a new entry of `cost` bytes in, if the quota has room for it.
     fn reserve(&self, cost: usize, quota: Quota) -> bool {
         let add = |counter: &AtomicUsize, n: usize, max: usize| {
@@ -226,7 +307,7 @@ impl PluginStore {
             let idle = e.is_idle(now);
             if idle {
                 entries += 1;
-                bytes += cost(k);
+                bytes += cost(k) + e.extra();
             }
             !idle
         });
@@ -272,6 +353,7 @@ impl PluginStore {
             |e| {
                 // A later window (another caller read the clock after us) is kept, not reset.
                 if !matches!(e, Entry::Window { start_ms, window_ms: w, .. } if *start_ms >= start && *w == window_ms) {
+                    self.bytes.fetch_sub(e.extra(), Ordering::Relaxed);
                     *e = Entry::Window { start_ms: start, window_ms, count: 0 };
                 }
                 let Entry::Window { start_ms, count, .. } = e else { unreachable!() };
@@ -315,6 +397,7 @@ impl PluginStore {
             |e| {
                 // A changed shape (config reload) starts a fresh bucket.
                 if !matches!(e, Entry::Bucket { capacity: c, rate: r, .. } if *c == capacity && *r == rate) {
+                    self.bytes.fetch_sub(e.extra(), Ordering::Relaxed);
                     *e = Entry::Bucket { tokens: capacity, last_ms: now, capacity, rate };
                 }
                 let Entry::Bucket { tokens, last_ms, .. } = e else { unreachable!() };
@@ -352,6 +435,33 @@ impl PluginStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_values_expire_count_their_length_and_are_refused_past_the_quota() {
+        let store = PluginStore::default();
+        let small = Quota {
+            entries: 10,
+            bytes: 2 * (ENTRY_OVERHEAD + 9),
+        };
+        assert!(store.cache_set("k".into(), b"value".to_vec(), 60_000, small));
+        assert_eq!(store.cache_get("k").as_deref(), Some(&b"value"[..]));
+        assert_eq!(store.usage(), (1, 1 + ENTRY_OVERHEAD + 5));
+        // Replacing counts the new length, not both.
+        assert!(store.cache_set("k".into(), b"v2".to_vec(), 60_000, small));
+        assert_eq!(store.usage(), (1, 1 + ENTRY_OVERHEAD + 2));
+        // Too big for what is left: refused, nothing counted.
+        assert!(!store.cache_set("big".into(), vec![0; 200], 60_000, small));
+        assert_eq!(store.usage(), (1, 1 + ENTRY_OVERHEAD + 2));
+        store.cache_delete("k");
+        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(store.cache_get("k"), None);
+        // An expired value is absent and its room is taken back when needed.
+        assert!(store.cache_set("old".into(), vec![1; 8], 0, small));
+        assert_eq!(store.cache_get("old"), None);
+        assert!(store.cache_set("a".into(), vec![2; 8], 60_000, small));
+        assert!(store.cache_set("b".into(), vec![3; 8], 60_000, small));
+        assert_eq!(store.usage().0, 2);
+    }
 
     const ROOMY: Quota = Quota {
         entries: 10_000,

@@ -277,6 +277,35 @@ impl RedisBackend {
         })
     }
 
+    /// [`super::memory::PluginStore::cache_get`] on the server.
+    pub(crate) async fn cache_get(&self, key: &str) -> Result<Option<Vec<u8>>, StateUnavailable> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.round_trip(cmd.query_async(&mut self.conn())).await
+    }
+
+    /// [`super::memory::PluginStore::cache_set`] on the server (its own
+    /// `maxmemory` policy bounds it there).
+    pub(crate) async fn cache_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<(), StateUnavailable> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(ttl_ms.max(1));
+        self.round_trip(cmd.query_async::<()>(&mut self.conn()))
+            .await
+    }
+
+    /// [`super::memory::PluginStore::cache_delete`] on the server.
+    pub(crate) async fn cache_delete(&self, key: &str) -> Result<(), StateUnavailable> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(key);
+        self.round_trip(cmd.query_async::<()>(&mut self.conn()))
+            .await
+    }
+
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
