@@ -3,7 +3,7 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 11] = [
+const PLUGINS: [&str; 12] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -15,6 +15,7 @@ const PLUGINS: [&str; 11] = [
     "test-wrong-world",
     "test-hostile",
     "test-socket",
+    "test-probe",
 ];
 
 fn main() {

@@ -16,6 +16,7 @@ mod dashboard;
 mod hardening;
 mod hot_swap;
 mod observability;
+mod plugin_io;
 mod plugins;
 mod proxying;
 mod quotas;

@@ -23,6 +23,48 @@ fn size(n: u64) -> String {
     ByteSize(n).to_string()
 }
 
+/// The limits in force, as `weir audit` prints them.
+fn limits(out: &mut String, l: &crate::plugin::Limits) {
+    let _ = writeln!(
+        out,
+        "  limits     max_memory {}, cpu_deadline {}ms, call_timeout {}ms, max_host_calls {}, max_handles {}",
+        size(l.max_memory as u64),
+        l.cpu_deadline.as_millis(),
+        l.call_timeout.as_millis(),
+        l.max_host_calls,
+        l.max_handles
+    );
+    let _ = writeln!(
+        out,
+        "             max_module_bytes {}, max_headers {}, max_header_bytes {}, max_reply_body {}",
+        size(l.max_module_bytes as u64),
+        l.max_headers,
+        size(l.max_header_bytes as u64),
+        size(l.max_reply_body as u64)
+    );
+    let concurrency = l
+        .max_concurrency
+        .map_or("worker threads - 1".to_string(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "             max_concurrency {concurrency}, max_log_rate {}/s",
+        size(l.max_log_rate as u64)
+    );
+    let _ = writeln!(
+        out,
+        "             max_state_entries {}, max_state_bytes {}",
+        l.max_state_entries,
+        size(l.max_state_bytes as u64)
+    );
+    let _ = writeln!(
+        out,
+        "             max_body_bytes {}, max_outbound_calls {}, max_outbound_body {}",
+        size(l.max_body_bytes as u64),
+        l.max_outbound_calls,
+        size(l.max_outbound_body as u64)
+    );
+}
+
 fn plugin(out: &mut String, p: &PluginReport) {
     let _ = writeln!(out, "plugin {} ({})", p.name, p.path.display());
     let _ = writeln!(out, "  sha256     {}", p.sha256);
@@ -68,45 +110,7 @@ fn plugin(out: &mut String, p: &PluginReport) {
         let _ = writeln!(out, "  isolation  {isolation}");
         let pin = pol.sha256_pin.as_deref().unwrap_or("none");
         let _ = writeln!(out, "  pinned     {pin}");
-        let _ = writeln!(
-            out,
-            "  limits     max_memory {}, cpu_deadline {}ms, call_timeout {}ms, max_host_calls {}, max_handles {}",
-            size(pol.limits.max_memory as u64),
-            pol.limits.cpu_deadline.as_millis(),
-            pol.limits.call_timeout.as_millis(),
-            pol.limits.max_host_calls,
-            pol.limits.max_handles
-        );
-        let _ = writeln!(
-            out,
-            "             max_module_bytes {}, max_headers {}, max_header_bytes {}, max_reply_body {}",
-            size(pol.limits.max_module_bytes as u64),
-            pol.limits.max_headers,
-            size(pol.limits.max_header_bytes as u64),
-            size(pol.limits.max_reply_body as u64)
-        );
-        let concurrency = pol
-            .limits
-            .max_concurrency
-            .map_or("worker threads - 1".to_string(), |n| n.to_string());
-        let _ = writeln!(
-            out,
-            "             max_concurrency {concurrency}, max_log_rate {}/s",
-            size(pol.limits.max_log_rate as u64)
-        );
-        let _ = writeln!(
-            out,
-            "             max_state_entries {}, max_state_bytes {}",
-            pol.limits.max_state_entries,
-            size(pol.limits.max_state_bytes as u64)
-        );
-        let _ = writeln!(
-            out,
-            "             max_body_bytes {}, max_outbound_calls {}, max_outbound_body {}",
-            size(pol.limits.max_body_bytes as u64),
-            pol.limits.max_outbound_calls,
-            size(pol.limits.max_outbound_body as u64)
-        );
+        limits(out, &pol.limits);
         let env = if pol.env.is_empty() {
             "none".to_string()
         } else {

@@ -6,14 +6,16 @@
 //! 3. **route** by host (400 when `Host` and the target's authority disagree),
 //!    path and method (404/405; `CONNECT` and `TRACE` only where a route lists them);
 //! 4. **request chain**: hop-by-hop and underscore headers go and forwarding
-//!    headers are set, then each plugin's `on-request` in order; a `respond`
-//!    skips the rest and the upstream;
+//!    headers are set; the body is read whole (decoded, capped: 413) if a
+//!    plugin of the route asked for it; then each plugin's `on-request` in
+//!    order; a `respond` skips the rest and the upstream;
 //! 5. **upstream**: a small body read whole first, admission (`max_requests`, 503), a target picked by the
 //!    upstream's balancing, the body streamed through (capped, timed),
 //!    retries of connect failures on another target (502/504 on failure); a
 //!    WebSocket upgrade the upstream accepts becomes a tunnel;
-//! 6. **response chain**: `on-response` of every plugin that ran, in reverse,
-//!    also for early replies;
+//! 6. **response chain**: the response body read whole (decoded, capped:
+//!    502) if a plugin of the route asked for it; then `on-response` of
+//!    every plugin that ran, in reverse, also for early replies;
 //! 7. **log and metrics**: one `weir::access` record; route, upstream and
 //!    plugin metrics (plugin and upstream ones are taken where they run).
 //!
@@ -519,19 +521,7 @@ impl RequestCtx {
             pq.push_str(q);
         }
         let key = upstream.hash_key(state.client.ip(), &state.headers);
-        // Response hooks see the request's headers; without a chain they can move.
-        let mut headers: HeaderMap = if route.chain.is_empty() {
-            std::mem::take(&mut state.headers)
-        } else {
-            state.headers.clone()
-        };
-        if let Some(b) = &buffered {
-            bodies::set_length(&mut headers, b.len());
-        }
-        // Plugins are handed plain bodies: ask the upstream for one.
-        if bodies::response_cap(route).is_some() {
-            headers.remove(header::ACCEPT_ENCODING);
-        }
+        let mut headers = upstream_headers(route, state, buffered.as_ref());
         if upgrading {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -714,6 +704,28 @@ impl Answer {
             buffered: Buffered::Streamed,
         }
     }
+}
+
+/// The headers sent upstream. Response hooks see the request's headers;
+/// without a chain they can move.
+fn upstream_headers(
+    route: &Route,
+    state: &mut RequestState,
+    buffered: Option<&Bytes>,
+) -> HeaderMap {
+    let mut headers = if route.chain.is_empty() {
+        std::mem::take(&mut state.headers)
+    } else {
+        state.headers.clone()
+    };
+    if let Some(b) = buffered {
+        bodies::set_length(&mut headers, b.len());
+    }
+    // Plugins are handed plain bodies: ask the upstream for one.
+    if bodies::response_cap(route).is_some() {
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    headers
 }
 
 /// Both sides of a WebSocket upgrade the upstream accepted.

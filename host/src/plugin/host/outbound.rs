@@ -83,7 +83,7 @@ impl Outbound {
         &self,
         req: OutgoingRequest,
     ) -> Result<(String, http::Request<Bytes>, Option<Duration>), CallError> {
-        if !self.granted.iter().any(|g| *g == req.upstream) || !self.client.has(&req.upstream) {
+        if !self.granted.contains(&req.upstream) || !self.client.has(&req.upstream) {
             return Err(CallError::NotGranted(req.upstream));
         }
         let invalid = |what: String| CallError::InvalidRequest(what);
