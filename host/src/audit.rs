@@ -91,8 +91,8 @@ pub struct PolicyReport {
     pub env: Vec<String>,
     /// `grants.stdio`.
     pub stdio: Stdio,
-    /// `grants.http`: upstreams it may call.
-    pub http: Vec<String>,
+    /// `grants.http`: upstreams it may call (`None`: not stated).
+    pub http: Option<Vec<String>>,
 }
 
 /// One route's use of a plugin.

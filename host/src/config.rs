@@ -596,9 +596,11 @@ pub struct Grants {
     /// `stdio`: `"discard"` (default) or `"log"` (stdout/stderr lines into the gateway log).
     #[serde(default)]
     pub stdio: Stdio,
-    /// `http`: names of `[upstreams.*]` the plugin may call with `weir:plugin/outbound`.
+    /// `http`: names of `[upstreams.*]` the plugin may call with
+    /// `weir:plugin/outbound`. Absent, a plugin importing outbound HTTP is
+    /// refused at load; `[]` loads it with every call refused.
     #[serde(default)]
-    pub http: Vec<Spanned<String>>,
+    pub http: Option<Vec<Spanned<String>>>,
 }
 
 /// Where a plugin's stdout and stderr go.

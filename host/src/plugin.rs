@@ -267,7 +267,7 @@ fn check_version(exports: &[String]) -> Result<(), LoadError> {
 /// Every import must be allowed, and the declared initial memory must fit `max_memory`.
 fn admit(imports: &[String], min_memory: Option<u64>, policy: &Policy) -> Result<(), LoadError> {
     for import in imports {
-        if import.starts_with(OUTBOUND_IMPORT) && policy.grants.http.is_empty() {
+        if import.starts_with(OUTBOUND_IMPORT) && policy.grants.http.is_none() {
             return Err(LoadError::NeedsGrant {
                 import: import.clone(),
             });
@@ -377,8 +377,10 @@ pub enum LoadError {
         /// The capability it belongs to.
         capability: &'static str,
     },
-    /// It imports outbound HTTP but the manifest grants it no upstream.
-    #[error("imports `{import}` (outbound HTTP), but `grants.http` names no upstream it may call")]
+    /// It imports outbound HTTP but the manifest has no `grants.http` for it.
+    #[error(
+        "imports `{import}` (outbound HTTP), but the manifest says nothing of what it may call (`grants.http`)"
+    )]
     NeedsGrant {
         /// The import's full name.
         import: String,

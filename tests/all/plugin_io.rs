@@ -383,7 +383,8 @@ async fn a_reset_or_garbage_from_the_called_upstream_is_unavailable() {
 }
 
 #[tokio::test]
-async fn a_plugin_that_calls_out_without_a_grant_is_refused_at_load() {
+async fn a_plugin_that_calls_out_without_a_grant_is_refused_at_load_and_an_empty_grant_calls_nothing()
+ {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     let manifest = |grants: &str| {
@@ -399,10 +400,30 @@ async fn a_plugin_that_calls_out_without_a_grant_is_refused_at_load() {
         .expect("it started")
         .to_string();
     assert!(
-        err.contains("(outbound HTTP), but `grants.http` names no upstream"),
+        err.contains(
+            "(outbound HTTP), but the manifest says nothing of what it may call (`grants.http`)"
+        ),
         "{err}"
     );
     assert!(err.contains(r#"grants = { http = ["idp"] }"#), "{err}");
+
+    // Said explicitly: it loads, and every call it makes is refused.
+    let up = Upstream::start("u").await;
+    let none = TestGateway::start(
+        &probe(
+            &up.url(),
+            "",
+            r#"call = { upstream = "idp", path = "/" }"#,
+            "",
+        )
+        .replace(r#"grants = { http = ["idp"] }"#, "grants = { http = [] }"),
+    )
+    .await;
+    assert_eq!(none.get("/").await.status, 200);
+    assert_eq!(
+        up.last().header("x-call"),
+        Some("CallError::NotGranted(\"idp\")")
+    );
 
     std::fs::write(&path, manifest(r#"grants = { http = ["nope"] }"#)).unwrap();
     let err = weir::Gateway::start(&path)

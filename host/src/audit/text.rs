@@ -120,10 +120,10 @@ fn plugin(out: &mut String, p: &PluginReport) {
             Stdio::Discard => "discard",
             Stdio::Log => "log",
         };
-        let http = if pol.http.is_empty() {
-            "none".to_string()
-        } else {
-            pol.http.join(", ")
+        let http = match &pol.http {
+            None => "not stated".to_string(),
+            Some(h) if h.is_empty() => "none (every call refused)".to_string(),
+            Some(h) => h.join(", "),
         };
         let _ = writeln!(out, "  grants     env: {env}; stdio: {stdio}; http: {http}");
         if p.routes.is_empty() {

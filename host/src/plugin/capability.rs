@@ -96,10 +96,15 @@ impl Capability {
             .iter()
             .filter_map(|i| i.strip_prefix("weir:plugin/"))
             .map(|i| match i.split('@').next().unwrap_or(i) {
-                "outbound" if grants.http.is_empty() => {
-                    "calls upstreams over HTTP: no `grants.http`, so refused at load".to_string()
-                }
-                "outbound" => format!("calls upstreams over HTTP: {}", grants.http.join(", ")),
+                "outbound" => match &grants.http {
+                    None => "calls upstreams over HTTP: no `grants.http`, so refused at load"
+                        .to_string(),
+                    Some(h) if h.is_empty() => {
+                        "calls upstreams over HTTP: `grants.http = []`, so every call is refused"
+                            .to_string()
+                    }
+                    Some(h) => format!("calls upstreams over HTTP: {}", h.join(", ")),
+                },
                 i => Self::weir_interface(i).to_string(),
             })
             .collect();
@@ -166,7 +171,7 @@ mod tests {
             "reads requests and responses; sets request variables"
         );
         let granted = crate::plugin::Grants {
-            http: vec!["idp".into(), "users".into()],
+            http: Some(vec!["idp".into(), "users".into()]),
             ..Default::default()
         };
         assert_eq!(

@@ -349,11 +349,11 @@ impl ChainPlugin {
             &route,
         ));
         let outbound = outbound
-            .filter(|_| !policy.grants.http.is_empty())
+            .filter(|_| policy.grants.http.as_ref().is_some_and(|h| !h.is_empty()))
             .map(|client| {
                 Arc::new(Outbound {
                     client,
-                    granted: policy.grants.http.clone().into(),
+                    granted: policy.grants.http.clone().unwrap_or_default().into(),
                     max_calls: policy.limits.max_outbound_calls,
                     max_body: policy.limits.max_outbound_body,
                     guard: guard.clone(),

@@ -140,8 +140,9 @@ pub struct Grants {
     pub env_names: Vec<String>,
     /// Where stdout and stderr go.
     pub stdio: Stdio,
-    /// `http`: the `[upstreams.NAME]` the plugin may call (`weir:plugin/outbound`).
-    pub http: Vec<String>,
+    /// `http`: the `[upstreams.NAME]` the plugin may call (`weir:plugin/outbound`);
+    /// `None` when the manifest does not say (such a plugin may not import it).
+    pub http: Option<Vec<String>>,
 }
 
 /// Everything the manifest says about one plugin's sandbox.

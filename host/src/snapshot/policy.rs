@@ -164,7 +164,7 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         }
     }
     let mut http = Vec::new();
-    for u in &p.grants.http {
+    for u in p.grants.http.iter().flatten() {
         let known =
             l.m.doc
                 .upstreams
@@ -200,7 +200,7 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
         env,
         env_names,
         stdio: p.grants.stdio,
-        http,
+        http: p.grants.http.is_some().then_some(http),
     };
     ok.then_some(Policy {
         limits,
@@ -228,7 +228,7 @@ pub(super) fn load_error_help(
         ),
         LoadError::NeedsGrant { .. } => (
             p.path.span(),
-            "grant the upstreams it may call, e.g. `grants = { http = [\"idp\"] }` (names of `[upstreams.*]`)".into(),
+            "grant the upstreams it may call, e.g. `grants = { http = [\"idp\"] }` (names of `[upstreams.*]`), or `grants = { http = [] }` to run it with every call refused".into(),
         ),
         LoadError::TooLarge { .. } => (
             at(p.max_module_bytes.as_ref().map(Spanned::span)),

@@ -156,12 +156,18 @@ impl Outbound {
 }
 
 impl HostState {
-    /// Counts `n` calls against `max_outbound_calls`; the time left for them.
-    fn outbound_calls(&mut self, n: usize) -> Result<(Arc<Outbound>, Duration), CallError> {
-        let Some(out) = self.outbound.clone() else {
-            // Refused at load without a grant; kept as a value all the same.
-            return Err(CallError::NotGranted(String::new()));
-        };
+    /// Counts `n` calls against `max_outbound_calls`; the time left for
+    /// them. `None` with `grants = { http = [] }`: it loads, and may call nothing.
+    fn outbound_calls(&mut self, n: usize) -> Option<Result<(Arc<Outbound>, Duration), CallError>> {
+        let out = self.outbound.clone()?;
+        Some(self.count_calls(out, n))
+    }
+
+    fn count_calls(
+        &mut self,
+        out: Arc<Outbound>,
+        n: usize,
+    ) -> Result<(Arc<Outbound>, Duration), CallError> {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         let used = self.budget.outbound_calls.saturating_add(n);
         if used > out.max_calls {
@@ -186,8 +192,9 @@ impl Host for HostState {
     ) -> wasmtime::Result<Result<IncomingResponse, CallError>> {
         self.charge()?;
         let (out, left) = match self.outbound_calls(1) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
+            None => return Ok(Err(CallError::NotGranted(req.upstream))),
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Ok(Err(e)),
         };
         let (upstream, req, timeout) = match out.check(req) {
             Ok(v) => v,
@@ -206,8 +213,14 @@ impl Host for HostState {
         self.charge()?;
         let n = reqs.len();
         let (out, left) = match self.outbound_calls(n) {
-            Ok(v) => v,
-            Err(e) => return Ok(vec![Err(e); n]),
+            None => {
+                return Ok(reqs
+                    .into_iter()
+                    .map(|r| Err(CallError::NotGranted(r.upstream)))
+                    .collect());
+            }
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Ok(vec![Err(e); n]),
         };
         let checked: Vec<_> = reqs.into_iter().map(|r| out.check(r)).collect();
         let lent = out.guard.lend();
