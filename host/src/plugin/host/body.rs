@@ -48,14 +48,25 @@ impl Buffered {
         }
     }
 
-    /// Replaces a plain body; an encoded one is not the plugin's to replace.
-    fn replace(&mut self, body: Vec<u8>, max: usize) -> Result<(), BodyError> {
+    /// Replaces the body. An encoded one may be replaced too (a plugin that
+    /// cannot read it may still refuse it with a body of its own): the new
+    /// body is plain, so the message's `content-encoding` goes.
+    fn replace(
+        &mut self,
+        body: Vec<u8>,
+        max: usize,
+        headers: &mut http::HeaderMap,
+    ) -> Result<(), BodyError> {
         match self {
             Buffered::Streamed => Err(BodyError::NotBuffered),
-            Buffered::Encoded { encoding, .. } => Err(BodyError::Encoded(encoding.clone())),
-            Buffered::Plain(_) if body.len() > max => Err(BodyError::TooLarge(max as u64)),
+            _ if body.len() > max => Err(BodyError::TooLarge(max as u64)),
             Buffered::Plain(b) => {
                 *b = Bytes::from(body);
+                Ok(())
+            }
+            Buffered::Encoded { .. } => {
+                headers.remove(http::header::CONTENT_ENCODING);
+                *self = Buffered::Plain(Bytes::from(body));
                 Ok(())
             }
         }
@@ -96,7 +107,7 @@ impl Host for HostState {
         } else if req.read_only {
             Err(BodyError::ReadOnly)
         } else {
-            req.body.replace(body, max)
+            req.body.replace(body, max, &mut req.headers)
         })
     }
 
@@ -121,7 +132,7 @@ impl Host for HostState {
         let (wanted, max) = (self.bodies.contains(Bodies::RESPONSE), self.max_body);
         let resp = self.resp(&r)?;
         Ok(if wanted {
-            resp.body.replace(body, max)
+            resp.body.replace(body, max, &mut resp.headers)
         } else {
             Err(BodyError::NotBuffered)
         })
@@ -133,22 +144,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_plain_body_is_read_or_replaced_and_within_the_cap() {
+    fn a_body_is_replaced_within_the_cap_and_an_encoded_one_becomes_plain() {
+        let mut h = http::HeaderMap::new();
         let mut b = Buffered::Plain(Bytes::from_static(b"{}"));
         assert_eq!(b.read().unwrap(), b"{}");
         assert!(matches!(
-            b.replace(vec![0; 5], 4),
+            b.replace(vec![0; 5], 4, &mut h),
             Err(BodyError::TooLarge(4))
         ));
-        b.replace(b"[1]".to_vec(), 4).unwrap();
+        b.replace(b"[1]".to_vec(), 4, &mut h).unwrap();
         assert_eq!(b.bytes().unwrap().as_ref(), b"[1]");
         let mut e = Buffered::Encoded {
             encoding: "br".into(),
             raw: Bytes::from_static(b"\x0b"),
         };
         assert!(matches!(e.read(), Err(BodyError::Encoded(enc)) if enc == "br"));
-        assert!(matches!(e.replace(vec![], 4), Err(BodyError::Encoded(_))));
         assert_eq!(e.bytes().unwrap().as_ref(), b"\x0b");
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("br"),
+        );
+        e.replace(b"refused".to_vec(), 16, &mut h).unwrap();
+        assert_eq!(e.read().unwrap(), b"refused");
+        assert!(h.get(http::header::CONTENT_ENCODING).is_none());
         assert!(matches!(
             Buffered::Streamed.read(),
             Err(BodyError::NotBuffered)
