@@ -5,7 +5,7 @@
 
 include!("build_plugins.rs");
 
-const FIRST_PARTY: [&str; 10] = [
+const FIRST_PARTY: [&str; 11] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -16,6 +16,7 @@ const FIRST_PARTY: [&str; 10] = [
     "bot-filter",
     "basic-auth",
     "json-transform",
+    "request-validator",
 ];
 
 fn main() {
