@@ -504,3 +504,65 @@ async fn request_validator_answers_problem_json_naming_the_fields() {
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(up.seen().len(), 0, "the upstream saw none of them");
 }
+
+#[tokio::test]
+async fn an_edit_that_grows_the_body_past_max_body_bytes_gets_413_from_the_plugin() {
+    let up = Upstream::start("u").await;
+    let config = format!(
+        r#"{{ request = {{ set = [{{ path = "pad", value = "{}" }}] }} }}"#,
+        "p".repeat(200)
+    );
+    let gw = TestGateway::start(&manifest(
+        "max_body_bytes = \"256B\"",
+        &[("grow", &up.url(), "json-transform", &config)],
+    ))
+    .await;
+    let r = send(
+        Method::POST,
+        &gw.url("/grow/x"),
+        &[JSON],
+        Bytes::from(format!("{{\"a\":\"{}\"}}", "a".repeat(100))),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(up.seen().is_empty());
+    let r = send(Method::POST, &gw.url("/grow/x"), &[JSON], Bytes::from("{}")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().body.len(), r#"{"pad":""}"#.len() + 200);
+}
+
+#[tokio::test]
+async fn a_validator_then_a_transform_on_one_route_check_then_edit_the_body() {
+    let up = Upstream::start("u").await;
+    let m = format!(
+        "[plugins.json-transform]\npath = {jt:?}\n\n[plugins.request-validator]\npath = {rv:?}\n\n\
+         [[routes]]\nid = \"both\"\nprefix = \"/\"\nupstream = \"{up}\"\n\n\
+         [[routes.plugins]]\nname = \"request-validator\"\nconfig = {USER_SCHEMA}\n\n\
+         [[routes.plugins]]\nname = \"json-transform\"\nconfig = {{ request = {{ redact = [\"user.name\"] }} }}\n",
+        jt = plugin("json_transform"),
+        rv = plugin("request_validator"),
+        up = up.url(),
+    );
+    let gw = TestGateway::start(&m).await;
+    let r = send(
+        Method::POST,
+        &gw.url("/users"),
+        &[JSON, ("content-encoding", "gzip")],
+        gzip(br#"{"user": {"name": "Ann", "age": 40}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().body, r#"{"user":{"name":"***","age":40}}"#);
+
+    let r = send(
+        Method::POST,
+        &gw.url("/users"),
+        &[JSON],
+        Bytes::from(r#"{"user": {"name": "Ann"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains(r#""field":"user.age""#), "{}", r.body);
+    assert_eq!(up.seen().len(), 1);
+}
