@@ -289,7 +289,12 @@ impl Plugin for JsonTransform {
             value: PROBLEM_JSON.into(),
         }]);
         let detail = format!("the upstream's response body could not be transformed: {why}");
-        let _ = resp.set_body(&problem(502, "Bad Gateway", &detail));
+        if let Err(e) = resp.set_body(&problem(502, "Bad Gateway", &detail)) {
+            // The gateway does not let a body it could not decode (`br`...) be
+            // replaced. It must not reach the client unchecked: fail the
+            // plugin, so the route's fail policy answers (503 when closed).
+            panic!("cannot refuse the response body, it would go out unchecked: {e:?}");
+        }
     }
 }
 

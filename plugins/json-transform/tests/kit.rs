@@ -68,3 +68,25 @@ async fn a_bad_path_is_refused_at_load_naming_the_field() {
         .unwrap();
     assert!(err.contains("response.redact[1]: `items[x]`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_response_body_in_an_encoding_the_gateway_cannot_decode_never_goes_out_under_refuse() {
+    let h = harness("non_json = \"refuse\"\nresponse = { redact = [\"ssn\"] }")
+        .await
+        .unwrap();
+    h.upstream_answers(
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ],
+        "\u{1b}secret",
+    );
+    let out = h.send(TestRequest::get("/people")).await;
+    assert_eq!(out.status, 503, "the plugin fails closed");
+    assert!(!String::from_utf8_lossy(&out.body).contains("secret"));
+
+    let pass = harness("response = { redact = [\"ssn\"] }").await.unwrap();
+    pass.upstream_answers(200, &[("content-encoding", "br")], "\u{1b}x");
+    assert_eq!(pass.send(TestRequest::get("/people")).await.status, 200);
+}
