@@ -5,7 +5,7 @@
 
 include!("build_plugins.rs");
 
-const FIRST_PARTY: [&str; 9] = [
+const FIRST_PARTY: [&str; 11] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -15,6 +15,8 @@ const FIRST_PARTY: [&str; 9] = [
     "request-size",
     "bot-filter",
     "basic-auth",
+    "json-transform",
+    "request-validator",
 ];
 
 fn main() {

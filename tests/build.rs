@@ -3,11 +3,13 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 12] = [
+const PLUGINS: [&str; 14] = [
     "key-auth",
     "jwt-auth",
     "headers",
     "rate-limit",
+    "json-transform",
+    "request-validator",
     "test-trap",
     "test-order",
     "test-stamp-v1",

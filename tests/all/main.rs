@@ -9,6 +9,7 @@
 
 mod attacks;
 mod audit;
+mod bodies;
 mod chain;
 mod config_errors;
 mod containment;

@@ -1,5 +1,6 @@
 //! The benchmark origin: a minimal hyper server (HTTP/1.1 and h2c) that
-//! answers `GET /big` with 64 KiB and anything else with a small body.
+//! answers `GET /big` with 64 KiB and anything else with a small body
+//! (after reading the request body, if any).
 //!
 //! `bench-origin 127.0.0.1:9000`
 
@@ -7,7 +8,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
                     Bytes::from_static(SMALL)
                 };
                 async move {
+                    // Read a request body whole (the POST cases): the connection stays reusable.
+                    let _ = req.into_body().collect().await;
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "application/json")
