@@ -289,10 +289,10 @@ impl Plugin for JsonTransform {
             value: PROBLEM_JSON.into(),
         }]);
         let detail = format!("the upstream's response body could not be transformed: {why}");
+        // Also replaces a body the gateway could not decode (`br`...): it never goes out unchecked.
         if let Err(e) = resp.set_body(&problem(502, "Bad Gateway", &detail)) {
-            // The gateway does not let a body it could not decode (`br`...) be
-            // replaced. It must not reach the client unchecked: fail the
-            // plugin, so the route's fail policy answers (503 when closed).
+            // Only a problem document over `max_body_bytes` gets here: fail the
+            // plugin rather than let the body through (503 when fail-closed).
             panic!("cannot refuse the response body, it would go out unchecked: {e:?}");
         }
     }

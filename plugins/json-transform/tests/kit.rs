@@ -83,7 +83,9 @@ async fn a_response_body_in_an_encoding_the_gateway_cannot_decode_never_goes_out
         "\u{1b}secret",
     );
     let out = h.send(TestRequest::get("/people")).await;
-    assert_eq!(out.status, 503, "the plugin fails closed");
+    assert_eq!(out.status, 502, "refused with a problem document");
+    assert_eq!(out.header("content-type"), Some("application/problem+json"));
+    assert_eq!(out.header("content-encoding"), None);
     assert!(!String::from_utf8_lossy(&out.body).contains("secret"));
 
     let pass = harness("response = { redact = [\"ssn\"] }").await.unwrap();
