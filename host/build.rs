@@ -5,7 +5,7 @@
 
 include!("build_plugins.rs");
 
-const FIRST_PARTY: [&str; 9] = [
+const FIRST_PARTY: [&str; 10] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -15,6 +15,7 @@ const FIRST_PARTY: [&str; 9] = [
     "request-size",
     "bot-filter",
     "basic-auth",
+    "oauth2-introspect",
 ];
 
 fn main() {

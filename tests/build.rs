@@ -3,11 +3,12 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 12] = [
+const PLUGINS: [&str; 13] = [
     "key-auth",
     "jwt-auth",
     "headers",
     "rate-limit",
+    "oauth2-introspect",
     "test-trap",
     "test-order",
     "test-stamp-v1",
