@@ -3,12 +3,13 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 13] = [
+const PLUGINS: [&str; 14] = [
     "key-auth",
     "jwt-auth",
     "headers",
     "rate-limit",
     "oauth2-introspect",
+    "aggregate",
     "test-trap",
     "test-order",
     "test-stamp-v1",

@@ -7,6 +7,7 @@
     reason = "a test reads as one scenario from start to assertions; its steps stay together"
 )]
 
+mod aggregate;
 mod attacks;
 mod audit;
 mod chain;
