@@ -296,6 +296,34 @@ async fn an_idp_that_hangs_gets_503_within_the_call_timeout() {
 }
 
 #[tokio::test]
+async fn an_idp_slower_than_the_call_timeout_still_gets_the_plugins_own_503() {
+    // The plugin would wait 5 s, but its hook may take 300 ms: the host cuts
+    // the call short enough for the plugin to answer itself, rather than be
+    // cut off and fail under its failure policy.
+    let idp = Scripted::start(|_| Script::Hang).await;
+    let up = Upstream::start("api").await;
+    let gw = TestGateway::start(&manifest(
+        "in-call-timeout",
+        &idp.url(),
+        &up,
+        &format!("{GRANTED}\ncall_timeout = \"300ms\""),
+        "upstream = \"idp\"\ntimeout = \"5s\"",
+    ))
+    .await;
+    let r = gw
+        .get_with("/", &[("authorization", &bearer("good"))])
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, "token introspection unavailable\n");
+    let logs = logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("in-call-timeout") && l.contains("the IdP did not answer in time")),
+        "the plugin saw a timeout: {logs}"
+    );
+}
+
+#[tokio::test]
 async fn an_idp_that_resets_the_connection_gets_503() {
     idp_failure_gets_503("in-reset", Script::Reset).await;
 }
