@@ -5,7 +5,7 @@
 
 include!("build_plugins.rs");
 
-const FIRST_PARTY: [&str; 11] = [
+const FIRST_PARTY: [&str; 13] = [
     "key-auth",
     "jwt-auth",
     "headers",
@@ -17,6 +17,8 @@ const FIRST_PARTY: [&str; 11] = [
     "basic-auth",
     "json-transform",
     "request-validator",
+    "oauth2-introspect",
+    "aggregate",
 ];
 
 fn main() {

@@ -3,13 +3,15 @@
 
 include!("../host/build_plugins.rs");
 
-const PLUGINS: [&str; 14] = [
+const PLUGINS: [&str; 16] = [
     "key-auth",
     "jwt-auth",
     "headers",
     "rate-limit",
     "json-transform",
     "request-validator",
+    "oauth2-introspect",
+    "aggregate",
     "test-trap",
     "test-order",
     "test-stamp-v1",

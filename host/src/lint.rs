@@ -138,13 +138,21 @@ fn chains(m: &Manifest, snap: &Snapshot, auth: &HashSet<&str>, warn: &mut Emit<'
     }
 }
 
-/// Upstreams and plugins no route uses.
+/// Upstreams and plugins no route uses. An upstream a plugin may call
+/// (`grants.http`) is in use: the plugin's outbound calls reach it.
 fn unused(m: &Manifest, warn: &mut Emit<'_>) {
     let used_upstreams: HashSet<&str> = m
         .doc
         .routes
         .iter()
         .map(|r| r.get_ref().upstream.get_ref().as_str())
+        .chain(
+            m.doc
+                .plugins
+                .values()
+                .flat_map(|p| p.grants.http.iter().flatten())
+                .map(|u| u.get_ref().as_str()),
+        )
         .collect();
     for name in m.doc.upstreams.keys() {
         if !used_upstreams.contains(name.get_ref().as_str()) {

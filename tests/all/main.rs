@@ -7,6 +7,7 @@
     reason = "a test reads as one scenario from start to assertions; its steps stay together"
 )]
 
+mod aggregate;
 mod attacks;
 mod audit;
 mod bodies;
@@ -16,6 +17,7 @@ mod containment;
 mod dashboard;
 mod hardening;
 mod hot_swap;
+mod introspect;
 mod observability;
 mod plugin_io;
 mod plugins;

@@ -738,3 +738,128 @@ pub fn failures(gw: &TestGateway, route: &str, reason: &str) -> u64 {
         .unwrap()
         .1
 }
+
+/// What a [`Scripted`] origin does with one request.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// Answers this status, `content-type` and body.
+    Answer(u16, &'static str, String),
+    /// Never answers (the connection stays open).
+    Hang,
+    /// Resets the connection (TCP RST) without answering.
+    Reset,
+}
+
+impl Script {
+    /// A JSON answer.
+    pub fn json(status: u16, body: &serde_json::Value) -> Script {
+        Script::Answer(status, "application/json", body.to_string())
+    }
+}
+
+type ScriptFn = dyn Fn(&Seen) -> Script + Send + Sync;
+
+/// A real origin whose every answer a test decides: an identity provider, a
+/// JSON service, one that hangs or resets. Records what it received.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    accept: tokio::task::AbortHandle,
+}
+
+impl Scripted {
+    pub async fn start(script: impl Fn(&Seen) -> Script + Send + Sync + 'static) -> Scripted {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let script: Arc<ScriptFn> = Arc::new(script);
+        let log = seen.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                // Dropping the socket then sends RST instead of FIN.
+                #[allow(deprecated, reason = "SO_LINGER 0 is how a test resets a connection")]
+                stream.set_linger(Some(Duration::ZERO)).unwrap();
+                let (log, script) = (log.clone(), script.clone());
+                tokio::spawn(scripted_conn(stream, log, script));
+            }
+        });
+        Scripted {
+            addr,
+            seen,
+            accept: accept.abort_handle(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests it received.
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn scripted_conn(
+    stream: tokio::net::TcpStream,
+    log: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<ScriptFn>,
+) {
+    let reset = Arc::new(tokio::sync::Notify::new());
+    let on_reset = reset.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (log, script, reset) = (log.clone(), script.clone(), on_reset.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let seen = Seen {
+                method: parts.method,
+                uri: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            };
+            let action = script(&seen);
+            log.lock().unwrap().push(seen);
+            match action {
+                Script::Answer(status, content_type, body) => Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap(),
+                ),
+                Script::Hang => std::future::pending().await,
+                Script::Reset => {
+                    reset.notify_one();
+                    std::future::pending().await
+                }
+            }
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = conn => {}
+        () = reset.notified() => {}
+    }
+}

@@ -1,6 +1,7 @@
 //! The benchmark origin: a minimal hyper server (HTTP/1.1 and h2c) that
-//! answers `GET /big` with 64 KiB and anything else with a small body
-//! (after reading the request body, if any).
+//! answers `GET /big` with 64 KiB, `/introspect` as an RFC 7662 identity
+//! provider that finds every token active (no `exp`), and anything else with
+//! a small body (after reading the request body, if any).
 //!
 //! `bench-origin 127.0.0.1:9000`
 
@@ -16,6 +17,8 @@ use hyper_util::server::conn::auto;
 
 /// The small body: what a typical JSON API answer to a GET might weigh.
 const SMALL: &[u8] = b"{\"ok\":true,\"id\":42,\"name\":\"weir-bench\"}\n";
+/// The introspection answer (`/introspect`): active, two claims, no `exp`.
+const ACTIVE: &[u8] = b"{\"active\":true,\"sub\":\"bench\",\"scope\":\"read write\"}";
 /// Size of the large body (`/big`).
 const BIG_LEN: usize = 64 << 10;
 
@@ -40,10 +43,10 @@ async fn main() -> anyhow::Result<()> {
         let big = big.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let body = if req.uri().path() == "/big" {
-                    big.clone()
-                } else {
-                    Bytes::from_static(SMALL)
+                let body = match req.uri().path() {
+                    "/big" => big.clone(),
+                    "/introspect" => Bytes::from_static(ACTIVE),
+                    _ => Bytes::from_static(SMALL),
                 };
                 async move {
                     // Read a request body whole (the POST cases): the connection stays reusable.

@@ -25,8 +25,15 @@ use crate::plugin::bindings::weir::plugin::outbound::{
 };
 use crate::plugin::guard::Guard;
 
-/// Time kept back from a call so the hook can still act on a `timeout`.
-const MARGIN: Duration = Duration::from_millis(5);
+/// Time kept back from a call so the hook can still act on a `timeout`: a
+/// tenth of what is left, at least [`MIN_MARGIN`] and at most [`MAX_MARGIN`].
+/// A fixed 5 ms was too little on a loaded machine: the plugin could not
+/// resume and answer in time, and its own 503 became a failure-policy one.
+fn margin(left: Duration) -> Duration {
+    (left / 10).clamp(MIN_MARGIN, MAX_MARGIN)
+}
+const MIN_MARGIN: Duration = Duration::from_millis(5);
+const MAX_MARGIN: Duration = Duration::from_millis(50);
 
 /// Why an exchange gave no response (the client's side of [`CallError`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,13 +181,10 @@ impl HostState {
             return Err(CallError::TooManyCalls(out.max_calls));
         }
         self.budget.outbound_calls = used;
-        let left = self
-            .budget
-            .deadline
-            .map_or(Duration::ZERO, |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .saturating_sub(MARGIN);
+        let left = self.budget.deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let left = left.saturating_sub(margin(left));
         Ok((out, left))
     }
 }
@@ -234,5 +238,19 @@ impl Host for HostState {
         .await;
         lent.resume().await;
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_leaves_the_hook_a_tenth_of_its_time_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(margin(ms(1000)), ms(50));
+        assert_eq!(margin(ms(300)), ms(30));
+        assert_eq!(margin(ms(20)), ms(5));
+        assert_eq!(margin(Duration::ZERO), ms(5));
     }
 }
