@@ -15,6 +15,7 @@ mod containment;
 mod dashboard;
 mod hardening;
 mod hot_swap;
+mod jwt_jwks;
 mod observability;
 mod plugin_io;
 mod plugins;
