@@ -18,6 +18,7 @@ mod dashboard;
 mod hardening;
 mod hot_swap;
 mod introspect;
+mod jwt_jwks;
 mod observability;
 mod plugin_io;
 mod plugins;

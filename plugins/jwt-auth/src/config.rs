@@ -14,10 +14,9 @@ use rsa::traits::PublicKeyParts;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::jwk::MIN_RSA_BITS;
+use crate::jwks::{Jwks, JwksConfig};
 use crate::jwt::{Alg, Key, KeyMaterial, Verifier};
-
-/// RFC 7518 §3.3: smaller RSA keys must not be used.
-const MIN_RSA_BITS: usize = 2048;
 /// RFC 7518 §3.2: an HS256 key should be at least as long as the hash.
 const MIN_HMAC_BYTES: usize = 32;
 
@@ -53,6 +52,8 @@ struct Config {
     #[serde(default)]
     keys: Vec<KeyConfig>,
     #[serde(default)]
+    jwks: Option<JwksConfig>,
+    #[serde(default)]
     claims_to_headers: BTreeMap<String, String>,
 }
 
@@ -69,6 +70,8 @@ struct KeyConfig {
     secret_base64: Option<String>,
     #[serde(default)]
     public_key_pem: Option<String>,
+    #[serde(default)]
+    jwk: Option<serde_json::Map<String, Value>>,
 }
 
 fn default_header() -> String {
@@ -89,6 +92,8 @@ pub struct Settings {
     /// `(claim, lower-case header)` pairs.
     pub claims_to_headers: Vec<(String, String)>,
     pub verifier: Verifier,
+    /// Keys fetched from a JWKS URL, if configured.
+    pub jwks: Option<Jwks>,
     /// Non-fatal advice for the operator, logged at load.
     pub warnings: Vec<String>,
 }
@@ -110,9 +115,14 @@ pub fn compile(raw: Value) -> Result<Settings, String> {
         }
     }
 
-    if config.keys.is_empty() {
-        return Err("keys: at least one key is required".into());
+    if config.keys.is_empty() && config.jwks.is_none() {
+        return Err("keys: at least one key is required (or a `jwks` source)".into());
     }
+    let jwks = config
+        .jwks
+        .map(Jwks::new)
+        .transpose()
+        .map_err(|e| format!("jwks.{e}"))?;
     let mut warnings = Vec::new();
     let mut keys: Vec<Key> = Vec::with_capacity(config.keys.len());
     for (i, key) in config.keys.into_iter().enumerate() {
@@ -159,6 +169,7 @@ pub fn compile(raw: Value) -> Result<Settings, String> {
             leeway_secs: config.leeway_secs,
             require_exp: config.require_exp,
         },
+        jwks,
         warnings,
     })
 }
@@ -170,13 +181,15 @@ fn compile_key(key: KeyConfig, warnings: &mut Vec<String>) -> Result<Key, String
     }
     let alg = Alg::parse(&key.alg).ok_or_else(|| {
         format!(
-            "alg: unsupported {:?} (expected \"HS256\" or \"RS256\")",
+            "alg: unsupported {:?} (expected \"HS256\", \"RS256\", \"ES256\" or \"EdDSA\")",
             key.alg
         )
     })?;
+    let has_secret = key.secret.is_some() || key.secret_base64.is_some();
+    let mut kid = key.kid;
     let material = match alg {
         Alg::Hs256 => {
-            if key.public_key_pem.is_some() {
+            if key.public_key_pem.is_some() || key.jwk.is_some() {
                 return Err("public_key_pem: not used with HS256 (use secret)".into());
             }
             let secret = match (key.secret, key.secret_base64) {
@@ -194,7 +207,7 @@ fn compile_key(key: KeyConfig, warnings: &mut Vec<String>) -> Result<Key, String
             if secret.len() < MIN_HMAC_BYTES {
                 warnings.push(format!(
                     "HS256 key {} is {} bytes; at least {MIN_HMAC_BYTES} are recommended",
-                    key.kid.as_deref().unwrap_or("(no kid)"),
+                    kid.as_deref().unwrap_or("(no kid)"),
                     secret.len()
                 ));
             }
@@ -202,21 +215,38 @@ fn compile_key(key: KeyConfig, warnings: &mut Vec<String>) -> Result<Key, String
             let mac = Hmac::new_from_slice(&secret).map_err(|e| format!("secret: {e}"))?;
             KeyMaterial::Hs256(mac)
         }
-        Alg::Rs256 => {
-            if key.secret.is_some() || key.secret_base64.is_some() {
-                return Err("secret: not used with RS256 (use public_key_pem)".into());
+        Alg::Rs256 if key.jwk.is_none() => {
+            if has_secret {
+                return Err("secret: not used with RS256 (use public_key_pem or jwk)".into());
             }
             let pem = key
                 .public_key_pem
-                .ok_or("public_key_pem: RS256 needs a public key")?;
+                .ok_or("public_key_pem: RS256 needs a public key (public_key_pem or jwk)")?;
             let public = parse_public_key(&pem).map_err(|e| format!("public_key_pem: {e}"))?;
             KeyMaterial::Rs256(VerifyingKey::new(public))
         }
+        Alg::Rs256 | Alg::Es256 | Alg::EdDsa => {
+            if has_secret {
+                return Err(format!("secret: not used with {} (use jwk)", key.alg));
+            }
+            if key.public_key_pem.is_some() {
+                return Err(format!(
+                    "public_key_pem: {} keys are given as `jwk` here",
+                    key.alg
+                ));
+            }
+            let jwk = key
+                .jwk
+                .ok_or_else(|| format!("jwk: {} needs a public key as a JWK", key.alg))?;
+            let parsed = crate::jwk::parse(&jwk).map_err(|e| format!("jwk: {e}"))?;
+            if parsed.alg() != alg {
+                return Err(format!("jwk: not a {} key", key.alg));
+            }
+            kid = kid.or(parsed.kid);
+            parsed.material
+        }
     };
-    Ok(Key {
-        kid: key.kid,
-        material,
-    })
+    Ok(Key { kid, material })
 }
 
 /// Accepts SPKI (`PUBLIC KEY`) and PKCS#1 (`RSA PUBLIC KEY`) PEM.
@@ -386,7 +416,7 @@ mod tests {
                 "keys[0].alg: unsupported \"none\"",
             ),
             (
-                json!({"keys": [{"alg": "ES256", "secret": "s"}]}),
+                json!({"keys": [{"alg": "ES384", "secret": "s"}]}),
                 "keys[0].alg: unsupported",
             ),
             (

@@ -14,6 +14,10 @@ use sha2::Sha256;
 pub enum Alg {
     Hs256,
     Rs256,
+    /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4).
+    Es256,
+    /// Ed25519 (RFC 8037 §3.1).
+    EdDsa,
 }
 
 impl Alg {
@@ -22,6 +26,8 @@ impl Alg {
         match name {
             "HS256" => Some(Alg::Hs256),
             "RS256" => Some(Alg::Rs256),
+            "ES256" => Some(Alg::Es256),
+            "EdDSA" => Some(Alg::EdDsa),
             _ => None,
         }
     }
@@ -32,6 +38,8 @@ impl Alg {
 pub enum KeyMaterial {
     Hs256(Hmac<Sha256>),
     Rs256(VerifyingKey<Sha256>),
+    Es256(p256::ecdsa::VerifyingKey),
+    EdDsa(ed25519_dalek::VerifyingKey),
 }
 
 /// One configured key.
@@ -46,6 +54,8 @@ impl Key {
         match self.material {
             KeyMaterial::Hs256(_) => Alg::Hs256,
             KeyMaterial::Rs256(_) => Alg::Rs256,
+            KeyMaterial::Es256(_) => Alg::Es256,
+            KeyMaterial::EdDsa(_) => Alg::EdDsa,
         }
     }
 
@@ -59,6 +69,12 @@ impl Key {
             }
             KeyMaterial::Rs256(key) => Signature::try_from(signature)
                 .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            // JWS carries `r || s`, 32 bytes each (RFC 7518 §3.4), not DER.
+            KeyMaterial::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            // Strict: no small-order keys, no non-canonical signatures.
+            KeyMaterial::EdDsa(key) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify_strict(signing_input, &sig).is_ok()),
         }
     }
 }
@@ -108,6 +124,16 @@ pub struct Verifier {
 impl Verifier {
     /// Checks `token` at time `now` (Unix seconds) and returns its claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<Map<String, Value>, Failure> {
+        self.verify_with(token, now, &[])
+    }
+
+    /// [`Verifier::verify`] with `more` keys (a fetched JWKS) beside the configured ones.
+    pub fn verify_with(
+        &self,
+        token: &str,
+        now: u64,
+        more: &[Key],
+    ) -> Result<Map<String, Value>, Failure> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -134,7 +160,7 @@ impl Verifier {
 
         // The key decides the algorithm, never the token: an HS256 token is
         // never checked against an RS256 key (key-confusion attack).
-        let mut usable = self.candidates(kid)?;
+        let mut usable = candidates(self.keys.iter().chain(more), kid)?;
         usable.retain(|k| k.alg() == alg);
         if usable.is_empty() {
             return Err(Failure::AlgMismatch);
@@ -150,27 +176,6 @@ impl Verifier {
         };
         self.check_claims(&claims, now)?;
         Ok(claims)
-    }
-
-    /// Keys the token may be signed with: the one named by `kid`, else the
-    /// keys configured without a kid (they accept any kid).
-    fn candidates(&self, kid: Option<&str>) -> Result<Vec<&Key>, Failure> {
-        let Some(kid) = kid else {
-            return Ok(self.keys.iter().collect());
-        };
-        let named: Vec<&Key> = self
-            .keys
-            .iter()
-            .filter(|k| k.kid.as_deref() == Some(kid))
-            .collect();
-        if !named.is_empty() {
-            return Ok(named);
-        }
-        let wildcards: Vec<&Key> = self.keys.iter().filter(|k| k.kid.is_none()).collect();
-        if wildcards.is_empty() {
-            return Err(Failure::UnknownKey);
-        }
-        Ok(wildcards)
     }
 
     fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), Failure> {
@@ -203,6 +208,39 @@ impl Verifier {
             }
         }
         Ok(())
+    }
+}
+
+/// Keys the token may be signed with: the ones named by `kid`, else the keys
+/// without a kid (they accept any kid).
+fn candidates<'k>(
+    keys: impl Iterator<Item = &'k Key> + Clone,
+    kid: Option<&str>,
+) -> Result<Vec<&'k Key>, Failure> {
+    let Some(kid) = kid else {
+        return Ok(keys.collect());
+    };
+    let named: Vec<&Key> = keys
+        .clone()
+        .filter(|k| k.kid.as_deref() == Some(kid))
+        .collect();
+    if !named.is_empty() {
+        return Ok(named);
+    }
+    let wildcards: Vec<&Key> = keys.filter(|k| k.kid.is_none()).collect();
+    if wildcards.is_empty() {
+        return Err(Failure::UnknownKey);
+    }
+    Ok(wildcards)
+}
+
+/// The `kid` of a token's header, if it decodes and has a string one; the
+/// full checks come later, in [`Verifier::verify`].
+pub fn peek_kid(token: &str) -> Option<String> {
+    let header = decode_object(token.split('.').next()?).ok()?;
+    match header.get("kid")? {
+        Value::String(kid) => Some(kid.clone()),
+        _ => None,
     }
 }
 
@@ -259,6 +297,133 @@ pub(crate) mod tests {
         let input = format!("{}.{}", enc(header), enc(claims));
         let sig = SigningKey::<Sha256>::new(key).sign(input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
+    /// A fixed P-256 key (seed byte repeated: a valid scalar), so no RNG.
+    pub fn es_signer(seed: u8) -> p256::ecdsa::SigningKey {
+        p256::ecdsa::SigningKey::from_bytes(&[seed; 32].into()).unwrap()
+    }
+
+    /// A fixed Ed25519 key from its seed.
+    pub fn ed_signer(seed: u8) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+    }
+
+    pub fn sign_es256(key: &p256::ecdsa::SigningKey, header: &Value, claims: &Value) -> String {
+        let input = format!("{}.{}", enc(header), enc(claims));
+        let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
+    pub fn sign_eddsa(key: &ed25519_dalek::SigningKey, header: &Value, claims: &Value) -> String {
+        let input = format!("{}.{}", enc(header), enc(claims));
+        let sig = key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+
+    /// The public JWK of `es_signer(1)`.
+    pub fn ec_jwk(kid: Option<&str>) -> Value {
+        let point = es_signer(1).verifying_key().to_encoded_point(false);
+        let mut jwk = json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        });
+        if let Some(kid) = kid {
+            jwk["kid"] = json!(kid);
+        }
+        jwk
+    }
+
+    /// The public JWK of `ed_signer(2)`.
+    pub fn ed_jwk(kid: Option<&str>) -> Value {
+        let x = ed_signer(2).verifying_key().to_bytes();
+        let mut jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(x)});
+        if let Some(kid) = kid {
+            jwk["kid"] = json!(kid);
+        }
+        jwk
+    }
+
+    /// The test RSA public key as a JWK.
+    pub fn rsa_jwk() -> Value {
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPublicKey::from_public_key_pem(PUBLIC_PEM).unwrap();
+        json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+        })
+    }
+
+    fn jwk_key(jwk: Value) -> Key {
+        crate::jwk::parse(jwk.as_object().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn accepts_valid_es256_and_eddsa() {
+        let v = verifier(vec![jwk_key(ec_jwk(Some("e"))), jwk_key(ed_jwk(Some("d")))]);
+        let es = sign_es256(
+            &es_signer(1),
+            &json!({"alg": "ES256", "kid": "e"}),
+            &valid(),
+        );
+        let ed = sign_eddsa(
+            &ed_signer(2),
+            &json!({"alg": "EdDSA", "kid": "d"}),
+            &valid(),
+        );
+        for token in [es, ed] {
+            assert_eq!(v.verify(&token, NOW).unwrap()["sub"], "alice");
+        }
+        // No kid: every key of the token's alg is tried.
+        let es = sign_es256(&es_signer(1), &json!({"alg": "ES256"}), &valid());
+        assert!(v.verify(&es, NOW).is_ok());
+    }
+
+    #[test]
+    fn rejects_es256_and_eddsa_signed_by_other_keys() {
+        let v = verifier(vec![jwk_key(ec_jwk(None)), jwk_key(ed_jwk(None))]);
+        let es = sign_es256(&es_signer(9), &json!({"alg": "ES256"}), &valid());
+        let ed = sign_eddsa(&ed_signer(9), &json!({"alg": "EdDSA"}), &valid());
+        for token in [es, ed] {
+            assert_eq!(v.verify(&token, NOW), Err(Failure::BadSignature));
+        }
+        // A DER-encoded or truncated ECDSA signature is not `r || s`.
+        let es = sign_es256(&es_signer(1), &json!({"alg": "ES256"}), &valid());
+        let (input, sig) = es.rsplit_once('.').unwrap();
+        let short = URL_SAFE_NO_PAD.encode(&URL_SAFE_NO_PAD.decode(sig).unwrap()[..63]);
+        assert_eq!(
+            v.verify(&format!("{input}.{short}"), NOW),
+            Err(Failure::BadSignature)
+        );
+    }
+
+    #[test]
+    fn the_key_decides_between_es256_and_eddsa() {
+        let v = verifier(vec![jwk_key(ec_jwk(Some("k")))]);
+        let ed = sign_eddsa(
+            &ed_signer(2),
+            &json!({"alg": "EdDSA", "kid": "k"}),
+            &valid(),
+        );
+        assert_eq!(v.verify(&ed, NOW), Err(Failure::AlgMismatch));
+    }
+
+    #[test]
+    fn fetched_keys_join_the_configured_ones() {
+        let v = verifier(vec![hs_key(Some("h"), SECRET)]);
+        let more = [jwk_key(ed_jwk(Some("d")))];
+        let ed = sign_eddsa(
+            &ed_signer(2),
+            &json!({"alg": "EdDSA", "kid": "d"}),
+            &valid(),
+        );
+        assert_eq!(v.verify(&ed, NOW), Err(Failure::UnknownKey));
+        assert!(v.verify_with(&ed, NOW, &more).is_ok());
+        assert_eq!(peek_kid(&ed).as_deref(), Some("d"));
+        assert_eq!(peek_kid(&hs(valid())), None);
+        assert_eq!(peek_kid("garbage"), None);
     }
 
     fn hs_key(kid: Option<&str>, secret: &[u8]) -> Key {

@@ -1,9 +1,11 @@
 //! # jwt-auth: JWT bearer-token authentication for Weir
 //!
-//! Verifies a compact JWS (`HS256` or `RS256`) taken from `Authorization:
-//! Bearer <token>` (or another configured header), checks `exp`, `nbf`,
-//! `iat`, `iss` and `aud`, and answers `401` with an RFC 6750
-//! `www-authenticate` challenge when anything is wrong.
+//! Verifies a compact JWS (`HS256`, `RS256`, `ES256` or `EdDSA`) taken from
+//! `Authorization: Bearer <token>` (or another configured header), checks
+//! `exp`, `nbf`, `iat`, `iss` and `aud`, and answers `401` with an RFC 6750
+//! `www-authenticate` challenge when anything is wrong. Keys come from the
+//! config, from a JWKS URL on a granted upstream (`jwks`), or both; while a
+//! JWKS was never fetched a token that needs it gets `503`.
 //!
 //! On success it copies chosen claims into upstream request headers (always
 //! removing client-supplied copies first, so they cannot be forged), sets the
@@ -11,11 +13,13 @@
 //! limiter, and optionally strips the token before proxying.
 //!
 //! The key, not the token, decides the algorithm: `none` is never accepted
-//! and an `HS256` token is never checked against an `RS256` key.
+//! and an `HS256` token is never checked against a public key.
 //!
 //! See `README.md` for the config reference.
 
 mod config;
+mod jwk;
+mod jwks;
 mod jwt;
 
 use serde_json::Value;
@@ -48,10 +52,15 @@ impl Plugin for JwtAuth {
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let s = &self.settings;
+        let s = &mut self.settings;
         let values = req.header_all(&s.header);
-        let claims = extract_token(&values, s.header != "authorization")
-            .and_then(|token| s.verifier.verify(token, weir_sdk::clock::now_secs()));
+        let claims = match extract_token(&values, s.header != "authorization") {
+            Ok(token) => match verify(s, token) {
+                Some(claims) => claims,
+                None => return keys_unavailable(),
+            },
+            Err(failure) => Err(failure),
+        };
         let claims = match claims {
             Ok(claims) => claims,
             Err(failure) => {
@@ -88,6 +97,41 @@ impl Plugin for JwtAuth {
         }
         Action::Continue
     }
+}
+
+/// Verifies `token` with the configured keys and, with `jwks`, the fetched
+/// ones (brought up to date first). `None`: the token needs keys the JWKS
+/// has not delivered yet.
+fn verify(
+    s: &mut Settings,
+    token: &str,
+) -> Option<Result<serde_json::Map<String, Value>, Failure>> {
+    let now_ms = weir_sdk::clock::now_ms();
+    let Some(jwks) = &mut s.jwks else {
+        return Some(s.verifier.verify(token, now_ms / 1000));
+    };
+    let kid = jwt::peek_kid(token);
+    let known = kid.as_deref().is_some_and(|kid| {
+        s.verifier
+            .keys
+            .iter()
+            .any(|k| k.kid.as_deref() == Some(kid))
+    });
+    jwks.update(kid.as_deref(), known, now_ms);
+    match jwks.keys() {
+        Some(keys) => Some(s.verifier.verify_with(token, now_ms / 1000, keys)),
+        // Never fetched: only a token the configured keys accept gets through.
+        None => s.verifier.verify(token, now_ms / 1000).ok().map(Ok),
+    }
+}
+
+/// `503`: the JWKS could not be fetched and no keys are held.
+fn keys_unavailable() -> Action {
+    reply(503)
+        .header("cache-control", "no-store")
+        .header("retry-after", "5")
+        .text("signing keys unavailable\n")
+        .into()
 }
 
 fn warn_edit(message: &str, name: &str, error: &weir_sdk::EditError) {
