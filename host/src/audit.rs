@@ -172,7 +172,12 @@ async fn audit_plugin(path: &Path) -> Result<Report, AuditError> {
 async fn audit_manifest(path: &Path) -> Result<Report, AuditError> {
     let snap = crate::check(path).await.map_err(AuditError::Manifest)?;
     let mut plugins = Vec::new();
-    for (name, loaded) in &snap.plugins {
+    // A rolled-out plugin's canaries are audited beside its stable version.
+    let canaries = snap
+        .rollouts
+        .iter()
+        .flat_map(|(name, r)| r.versions.iter().skip(1).map(move |v| (name, &v.plugin)));
+    for (name, loaded) in snap.plugins.iter().chain(canaries) {
         let found = inspect(&loaded.path)?;
         let policy = snap.policies.get(name).cloned().unwrap_or_default();
         let mut isolation = Isolation::default();

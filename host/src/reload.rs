@@ -184,8 +184,8 @@ impl Reloader {
     fn watched_files(&self) -> BTreeSet<PathBuf> {
         let mut files = BTreeSet::from([absolute(&self.manifest)]);
         if let Ok(m) = Manifest::load(&self.manifest) {
-            for p in m.doc.plugins.values() {
-                files.insert(absolute(&m.base_dir().join(p.path.get_ref())));
+            for f in m.doc.plugins.values().flat_map(|p| p.files()) {
+                files.insert(absolute(&m.base_dir().join(f.get_ref())));
             }
             // Certificate renewals (certbot, cert-manager) only touch these files.
             for c in m
@@ -203,8 +203,12 @@ impl Reloader {
                 files.insert(absolute(&m.base_dir().join(ca.get_ref())));
             }
         } else {
-            for p in self.current.load().plugins.values() {
+            let current = self.current.load();
+            for p in current.plugins.values() {
                 files.insert(absolute(&p.path));
+            }
+            for v in current.rollouts.values().flat_map(|r| &r.versions) {
+                files.insert(absolute(&v.plugin.path));
             }
         }
         files
@@ -257,6 +261,18 @@ fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
             Some(o) if o.sha256 == p.sha256 => {}
             Some(o) => out.push(format!("{name} {}→{}", short(&o.sha256), short(&p.sha256))),
             None => out.push(format!("{name} added {}", short(&p.sha256))),
+        }
+    }
+    for (name, r) in &new.rollouts {
+        let kept = old.rollouts.get(name).is_some_and(|o| Arc::ptr_eq(o, r));
+        if !kept {
+            let shares = r
+                .versions
+                .iter()
+                .map(|v| format!("{} {}@{}", v.label, short(&v.plugin.sha256), v.weight))
+                .collect::<Vec<_>>()
+                .join(" + ");
+            out.push(format!("{name} versions {shares}"));
         }
     }
     for name in old.plugins.keys().filter(|n| !new.plugins.contains_key(*n)) {
