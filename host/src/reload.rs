@@ -24,6 +24,10 @@ use crate::telemetry::metrics::Metrics;
 /// Quiet time after the last file event before reloading: editors and `cp`
 /// write in bursts, and a half-written file usually completes within it.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time when only `.wasm` files changed: a component cut short is
+/// refused by the parser (never half-loaded), and going back to a cached
+/// version should take milliseconds, not a tenth of a second.
+pub const PLUGIN_DEBOUNCE: Duration = Duration::from_millis(10);
 /// Longest a reload waits for a burst of events to end.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
@@ -156,15 +160,22 @@ impl Reloader {
             if !relevant(&ev, &files) {
                 continue;
             }
-            // Debounce: wait for DEBOUNCE of quiet, at most MAX_DELAY in all.
+            // Debounce: wait for DEBOUNCE of quiet (PLUGIN_DEBOUNCE while only
+            // plugin files change), at most MAX_DELAY in all.
             let deadline = Instant::now() + MAX_DELAY;
+            let mut wait = debounce(&ev, &files);
             loop {
                 let quiet = tokio::time::sleep(
-                    DEBOUNCE.min(deadline.saturating_duration_since(Instant::now())),
+                    wait.min(deadline.saturating_duration_since(Instant::now())),
                 );
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Some(_) if Instant::now() < deadline => continue,
+                        Some(ev) if Instant::now() < deadline => {
+                            if relevant(&ev, &files) {
+                                wait = wait.max(debounce(&ev, &files));
+                            }
+                            continue;
+                        }
                         Some(_) => break,
                         None => return Ok(()),
                     },
@@ -235,6 +246,23 @@ fn update_watches(
         }
     }
     *dirs = wanted;
+}
+
+/// How long to wait for quiet after `ev`: short when the watched files it
+/// touched are all plugins (a rename's temporary source is not watched).
+fn debounce(ev: &notify::Result<notify::Event>, files: &BTreeSet<PathBuf>) -> Duration {
+    let plugins_only = ev.as_ref().is_ok_and(|ev| {
+        ev.paths
+            .iter()
+            .map(|p| absolute(p))
+            .filter(|p| files.contains(p))
+            .all(|p| p.extension().is_some_and(|e| e == "wasm"))
+    });
+    if plugins_only {
+        PLUGIN_DEBOUNCE
+    } else {
+        DEBOUNCE
+    }
 }
 
 fn relevant(ev: &notify::Result<notify::Event>, files: &BTreeSet<PathBuf>) -> bool {

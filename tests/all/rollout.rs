@@ -9,35 +9,13 @@ use bytes::Bytes;
 use http::Method;
 use weir::plugin::{CacheSource, Runtime};
 
-use crate::support::{Load, TestGateway, eventually, logs, plugin, send};
+use crate::support::{Load, TestGateway, eventually, logs, plugin, send, tagged};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "rollout-admin-token";
 
 fn copy_plugin(dir: &std::path::Path, stem: &str, as_name: &str) {
     std::fs::copy(plugin(stem), dir.join(as_name)).unwrap();
-}
-
-/// `wasm` with a custom section holding `tag`: the same plugin, another sha256.
-fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
-    let name = b"weir-test-tag";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    let mut n = payload.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(&payload);
-    out
 }
 
 /// A route whose chain has the stamp plugin twice, and `[plugins.stamp]` from `plugin_toml`.

@@ -1,16 +1,25 @@
-//! Hot-swap benchmark (issue 3): time from a plugin file change to the new
-//! version serving (median and max over 50 swaps), and request latency during
-//! the swap storm vs steady state, measured in one run under the same load.
+//! Hot-swap benchmark (issues 3 and 18): request latency during a swap storm
+//! vs steady state, measured in one run under the same load, and the time
+//! from a plugin file change to the new version serving, for a build never
+//! seen (compiled) and for one seen before (a compile-cache hit).
 //!
-//! `cargo bench -p weir-tests --bench hot_swap`
+//! 1. steady: 5 s of load, no swaps;
+//! 2. storm, compiling: `SWAPS` swaps, each to a build no cache has seen
+//!    (the stamp plugin with a unique custom section), so each one compiles;
+//! 3. storm, cached: `SWAPS` swaps between two builds seen before.
+//!
+//! `cargo bench -p weir-tests --bench hot_swap` (release), or
+//! `cargo test -p weir-tests --release --bench hot_swap`; the debug build
+//! (`cargo test -p weir-tests --bench hot_swap`) gives ratios, not figures.
 
 #[allow(dead_code)]
 #[path = "../all/support.rs"]
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
-use support::{Load, TestGateway, eventually, plugin};
+use support::{Load, TestGateway, eventually, plugin, tagged};
 
 const CLIENTS: usize = 4;
 const SWAPS: usize = 50;
@@ -25,17 +34,52 @@ fn summary(name: &str, outcomes: &[support::Outcome]) -> (Duration, Duration) {
     let failed = outcomes.iter().filter(|o| o.status != 200).count();
     let (p50, p99) = (percentile(&l, 0.5), percentile(&l, 0.99));
     println!(
-        "{name:>12}: {:>7} requests, {failed} failed, p50 {p50:?}, p99 {p99:?}, max {:?}",
+        "{name:>18}: {:>7} requests, {failed} failed, p50 {p50:?}, p99 {p99:?}, max {:?}",
         l.len(),
         l[l.len() - 1]
     );
     (p50, p99)
 }
 
+/// Swaps `wasm` to each of `builds` in turn (named by their stamp) under
+/// load; the time from each file change to the new build serving, sorted.
+async fn storm(
+    gw: &TestGateway,
+    wasm: &Path,
+    builds: &[(&'static str, Vec<u8>)],
+) -> (Vec<Duration>, Vec<support::Outcome>) {
+    let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
+    let mut swaps = Vec::new();
+    for (i, (version, bytes)) in builds.iter().enumerate() {
+        let tmp = wasm.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, wasm).unwrap();
+        let sha = weir::plugin::sha256_hex(bytes);
+        let url = gw.url("/");
+        swaps.push(
+            eventually(Duration::from_secs(60), &format!("swap {i}"), || {
+                let (url, sha, version) = (url.clone(), sha.clone(), *version);
+                let serving = gw.gateway.snapshot().plugins["stamp"].sha256 == sha;
+                async move {
+                    if !serving {
+                        return false;
+                    }
+                    let r = support::send(http::Method::GET, &url, &[], Default::default()).await;
+                    r.header_all("x-stamp") == [version, version]
+                }
+            })
+            .await,
+        );
+    }
+    swaps.sort();
+    (swaps, load.stop().await)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let stamp = |v: &str| std::fs::read(plugin(&format!("test_stamp_{v}"))).unwrap();
     let (v1, v2) = (stamp("v1"), stamp("v2"));
+    let run = std::process::id();
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("stamp.wasm");
     std::fs::write(&wasm, &v1).unwrap();
@@ -45,43 +89,39 @@ async fn main() {
     gw.gateway.watch();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Steady state first, then the storm, same clients and duration budget.
+    // Steady state first, then the storms, same clients.
     let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let steady = load.stop().await;
 
-    let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
-    let mut swaps = Vec::new();
-    for i in 0..SWAPS {
-        let (version, bytes) = if i % 2 == 0 { ("v2", &v2) } else { ("v1", &v1) };
-        let tmp = wasm.with_extension("tmp");
-        std::fs::write(&tmp, bytes).unwrap();
-        std::fs::rename(&tmp, &wasm).unwrap();
-        let url = gw.url("/");
-        swaps.push(
-            eventually(Duration::from_secs(30), "swap", || {
-                let url = url.clone();
-                async move {
-                    let r = support::send(http::Method::GET, &url, &[], Default::default()).await;
-                    r.header_all("x-stamp") == [version, version]
-                }
-            })
-            .await,
+    // Every swap a build never seen: each one compiles.
+    let fresh: Vec<(&'static str, Vec<u8>)> = (0..SWAPS)
+        .map(|i| {
+            let (version, bytes) = if i % 2 == 0 { ("v2", &v2) } else { ("v1", &v1) };
+            (version, tagged(bytes, &format!("bench-{run}-{i}")))
+        })
+        .collect();
+    let (miss, compiling) = storm(&gw, &wasm, &fresh).await;
+
+    // Every swap a build seen before: compile-cache hits.
+    let seen: Vec<(&'static str, Vec<u8>)> = (0..SWAPS).map(|i| fresh[i % 2].clone()).collect();
+    let (hit, cached) = storm(&gw, &wasm, &seen).await;
+
+    for (name, swaps) in [("compile (miss)", &miss), ("cache hit", &hit)] {
+        println!(
+            "file change → new version serving, {SWAPS} swaps, {name}: median {:?}, p90 {:?}, max {:?}",
+            percentile(swaps, 0.5),
+            percentile(swaps, 0.9),
+            swaps[swaps.len() - 1]
         );
     }
-    let storm = load.stop().await;
-
-    swaps.sort();
-    println!(
-        "file change → new version serving, {SWAPS} swaps: median {:?}, max {:?}",
-        percentile(&swaps, 0.5),
-        swaps[swaps.len() - 1]
-    );
     let (s50, s99) = summary("steady", &steady);
-    let (w50, w99) = summary("swap storm", &storm);
-    println!(
-        "storm/steady: p50 {:.2}x, p99 {:.2}x",
-        w50.as_secs_f64() / s50.as_secs_f64(),
-        w99.as_secs_f64() / s99.as_secs_f64()
-    );
+    for (name, outcomes) in [("storm, compiling", &compiling), ("storm, cached", &cached)] {
+        let (w50, w99) = summary(name, outcomes);
+        println!(
+            "{name:>18}: storm/steady p50 {:.2}x, p99 {:.2}x",
+            w50.as_secs_f64() / s50.as_secs_f64(),
+            w99.as_secs_f64() / s99.as_secs_f64()
+        );
+    }
 }
