@@ -4,9 +4,9 @@
 //! seen (compiled) and for one seen before (a compile-cache hit).
 //!
 //! 1. steady: 5 s of load, no swaps;
-//! 2. storm, compiling: `SWAPS` swaps, each to a build no cache has seen
+//! 2. storm, compiling: `WEIR_BENCH_SWAPS` (50) swaps, each to a build no cache has seen
 //!    (the stamp plugin with a unique custom section), so each one compiles;
-//! 3. storm, cached: `SWAPS` swaps between two builds seen before.
+//! 3. storm, cached: as many swaps between two builds seen before.
 //!
 //! `cargo bench -p weir-tests --bench hot_swap` (release), or
 //! `cargo test -p weir-tests --release --bench hot_swap`; the debug build
@@ -17,12 +17,19 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use support::{Load, TestGateway, eventually, plugin, tagged};
+use support::{Load, TestGateway, plugin, tagged};
 
 const CLIENTS: usize = 4;
-const SWAPS: usize = 50;
+/// Swaps per storm (`WEIR_BENCH_SWAPS`, default 50).
+fn swaps() -> usize {
+    std::env::var("WEIR_BENCH_SWAPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 2)
+        .unwrap_or(50)
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -51,25 +58,26 @@ async fn storm(
     let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
     let mut swaps = Vec::new();
     for (i, (version, bytes)) in builds.iter().enumerate() {
+        let sha = weir::plugin::sha256_hex(bytes);
         let tmp = wasm.with_extension("tmp");
         std::fs::write(&tmp, bytes).unwrap();
+        let changed = Instant::now();
         std::fs::rename(&tmp, wasm).unwrap();
-        let sha = weir::plugin::sha256_hex(bytes);
-        let url = gw.url("/");
-        swaps.push(
-            eventually(Duration::from_secs(60), &format!("swap {i}"), || {
-                let (url, sha, version) = (url.clone(), sha.clone(), *version);
-                let serving = gw.gateway.snapshot().plugins["stamp"].sha256 == sha;
-                async move {
-                    if !serving {
-                        return false;
-                    }
-                    let r = support::send(http::Method::GET, &url, &[], Default::default()).await;
-                    r.header_all("x-stamp") == [version, version]
-                }
-            })
-            .await,
-        );
+        // Serving = swapped in: every request from then on runs the new build.
+        // Polled every millisecond (a request per poll would measure the load).
+        while gw.gateway.snapshot().plugins["stamp"].sha256 != sha {
+            assert!(
+                changed.elapsed() < Duration::from_secs(120),
+                "swap {i} never served"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        swaps.push(changed.elapsed());
+        if std::env::var_os("WEIR_BENCH_VERBOSE").is_some() {
+            eprintln!("swap {i} to {}: {:?}", &sha[..12], changed.elapsed());
+        }
+        let r = support::send(http::Method::GET, &gw.url("/"), &[], Default::default()).await;
+        assert_eq!(r.header_all("x-stamp"), [*version, *version], "swap {i}");
     }
     swaps.sort();
     (swaps, load.stop().await)
@@ -77,6 +85,7 @@ async fn storm(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let swaps_n = swaps();
     let stamp = |v: &str| std::fs::read(plugin(&format!("test_stamp_{v}"))).unwrap();
     let (v1, v2) = (stamp("v1"), stamp("v2"));
     let run = std::process::id();
@@ -95,7 +104,7 @@ async fn main() {
     let steady = load.stop().await;
 
     // Every swap a build never seen: each one compiles.
-    let fresh: Vec<(&'static str, Vec<u8>)> = (0..SWAPS)
+    let fresh: Vec<(&'static str, Vec<u8>)> = (0..swaps_n)
         .map(|i| {
             let (version, bytes) = if i % 2 == 0 { ("v2", &v2) } else { ("v1", &v1) };
             (version, tagged(bytes, &format!("bench-{run}-{i}")))
@@ -104,12 +113,14 @@ async fn main() {
     let (miss, compiling) = storm(&gw, &wasm, &fresh).await;
 
     // Every swap a build seen before: compile-cache hits.
-    let seen: Vec<(&'static str, Vec<u8>)> = (0..SWAPS).map(|i| fresh[i % 2].clone()).collect();
+    let seen: Vec<(&'static str, Vec<u8>)> = (0..swaps_n)
+        .map(|i| fresh[swaps_n - 2 + i % 2].clone())
+        .collect();
     let (hit, cached) = storm(&gw, &wasm, &seen).await;
 
     for (name, swaps) in [("compile (miss)", &miss), ("cache hit", &hit)] {
         println!(
-            "file change → new version serving, {SWAPS} swaps, {name}: median {:?}, p90 {:?}, max {:?}",
+            "file change → new version serving, {swaps_n} swaps, {name}: median {:?}, p90 {:?}, max {:?}",
             percentile(swaps, 0.5),
             percentile(swaps, 0.9),
             swaps[swaps.len() - 1]
