@@ -225,11 +225,18 @@ async fn promote_rollback_and_reset_through_the_admin_api_under_load_fail_no_req
 
     let reset = post("/plugins/stamp/reset").await;
     assert_eq!(reset.status, 200);
+    // More turns, each one served before the next.
+    for _ in 0..4 {
+        assert_eq!(post("/plugins/stamp/promote").await.status, 200);
+        eventually(LIMIT, "v2 serving after promote", || serves("v2")).await;
+        assert_eq!(post("/plugins/stamp/rollback").await.status, 200);
+        eventually(LIMIT, "v1 serving after rollback", || serves("v1")).await;
+    }
     let outcomes = load.stop().await;
+    let seen = crate::support::tally(outcomes.iter().filter_map(|o| o.stamps.first().cloned()));
     assert!(
-        outcomes.len() > 50,
-        "the load barely ran: {}",
-        outcomes.len()
+        seen.get("v1").is_some_and(|n| *n > 0) && seen.get("v2").is_some_and(|n| *n > 0),
+        "the load ran on both versions: {seen:?}"
     );
     let failed = outcomes.iter().filter(|o| o.status != 200).count();
     assert_eq!(failed, 0, "{failed} of {} requests failed", outcomes.len());
@@ -366,4 +373,127 @@ async fn a_restart_with_a_disk_cache_compiles_nothing_and_a_corrupt_entry_is_rec
             .any(|l| l.contains("compile cache entry refused") && l.contains(&sha))
     );
     assert_eq!(restart().await, CacheSource::Disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_whose_hook_p99_breaks_its_latency_budget_is_taken_out_and_reset_brings_it_back() {
+    use weir::plugin::rollout::{Budget, Cause, Rollout, Sticky, Version};
+    let load = |stem: &str| {
+        let path = std::path::PathBuf::from(plugin(stem));
+        std::sync::Arc::new(
+            Runtime::global()
+                .load("slow", &path, &weir::plugin::Policy::default())
+                .unwrap(),
+        )
+    };
+    let budget = Budget {
+        window: Duration::from_secs(60),
+        min_calls: 100,
+        max_failure_rate: 0.01,
+        max_p99: Some(Duration::from_millis(20)),
+    };
+    let versions = vec![
+        Version::new("stable".into(), load("test_stamp_v1"), 90, budget.window),
+        Version::new("canary".into(), load("test_stamp_v2"), 10, budget.window),
+    ];
+    let r = Rollout::new(
+        "slow".into(),
+        versions,
+        Sticky::None,
+        budget,
+        weir::telemetry::metrics::RolloutMetrics::detached("slow"),
+    );
+    // The stable version is slow too: it is counted, never taken out.
+    for _ in 0..300 {
+        r.observe(0, Duration::from_millis(50), false);
+    }
+    assert!(!r.versions[0].is_out());
+    // 95 fast calls: too few for a verdict, and fast anyway.
+    for _ in 0..95 {
+        r.observe(1, Duration::from_micros(50), false);
+    }
+    assert!(!r.versions[1].is_out());
+    // Then 5 % of its calls take 30 ms: its p99 is over 20 ms.
+    for i in 0..200 {
+        let took = if i % 20 == 0 {
+            Duration::from_millis(30)
+        } else {
+            Duration::from_micros(50)
+        };
+        r.observe(1, took, false);
+    }
+    let removal = r.versions[1].removal().expect("the canary is out");
+    assert_eq!(removal.cause, Cause::Latency);
+    assert!(removal.figures.p99.unwrap() > Duration::from_millis(20));
+    assert_eq!(r.shares(), [100.0, 0.0]);
+    assert!((0..1000).all(|k| r.pick(Some(k)) == 0));
+
+    r.reset();
+    assert!(!r.versions[1].is_out());
+    assert_eq!(r.shares(), [90.0, 10.0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_versions_edit_is_refused_at_its_line_and_a_weight_change_starts_the_rollout_afresh()
+{
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let gw = two_versions(
+        50,
+        50,
+        "[plugins.stamp.rollout]\nsticky = \"none\"\n",
+        admin,
+    )
+    .await;
+    let rollback = send(
+        Method::POST,
+        &gw.admin_url("/plugins/stamp/rollback"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(rollback.status, 200);
+    let good = std::fs::read_to_string(gw.manifest_path()).unwrap();
+
+    // A weight out of range: refused with file, line and column; the state and v1 keep serving.
+    std::fs::write(
+        gw.manifest_path(),
+        good.replace("weight = 50 }, {", "weight = 50000 }, {"),
+    )
+    .unwrap();
+    let errors = gw.gateway.reload().await.unwrap_err().to_string();
+    let line = good
+        .lines()
+        .position(|l| l.starts_with("versions = "))
+        .unwrap()
+        + 1;
+    assert!(
+        errors.contains(&format!("gateway.toml:{line}:"))
+            && errors.contains("weight 50000 is out of range"),
+        "{errors}"
+    );
+    for _ in 0..20 {
+        assert_eq!(version_of(&gw.get("/").await), "v1");
+    }
+
+    // Unchanged versions: a reload keeps the rollback.
+    std::fs::write(gw.manifest_path(), &good).unwrap();
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(version_of(&gw.get("/").await), "v1");
+    // Changed weights: the manifest's shares again, the canary back in rotation.
+    std::fs::write(
+        gw.manifest_path(),
+        good.replace("weight = 50, label", "weight = 100, label"),
+    )
+    .unwrap();
+    gw.gateway.reload().await.unwrap();
+    let plugins = send(Method::GET, &gw.admin_url("/plugins"), &[], Bytes::new())
+        .await
+        .json();
+    let canary = &plugins[0]["rollout"]["versions"][1];
+    assert_eq!(canary["in_rotation"], true, "{plugins}");
+    assert_eq!(canary["weight"], 100);
+    eventually(LIMIT, "the canary serves again", || async {
+        version_of(&gw.get("/").await) == "v2"
+    })
+    .await;
 }

@@ -51,10 +51,13 @@ impl Route {
             return Chain::new(&self.chain);
         }
         let mut picked = vec![None; self.chain.len()];
+        // Without a sticky key, one draw per request: a plugin in two places
+        // of the chain runs one version in both.
+        let draw = fastrand::u64(..).to_le_bytes();
         for rv in &self.versions {
             let r = &*rv.rollout;
             let key = match &r.sticky {
-                Sticky::None => None,
+                Sticky::None => Some(r.key_hash(&draw)),
                 Sticky::Header(h) => Some(match req.headers.get(h) {
                     Some(v) => r.key_hash(v.as_bytes()),
                     None => client_key(r, req),
