@@ -6,7 +6,7 @@
 //! 1. steady: 5 s of load, no swaps;
 //! 2. storm, compiling: `WEIR_BENCH_SWAPS` (50) swaps, each to a build no cache has seen
 //!    (the stamp plugin with a unique custom section), so each one compiles;
-//! 3. storm, cached: as many swaps between two builds seen before.
+//! 3. storm, cached: as many swaps (for 5 s at least) between two builds seen before.
 //!
 //! `cargo bench -p weir-tests --bench hot_swap` (release), or
 //! `cargo test -p weir-tests --release --bench hot_swap`; the debug build
@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use support::{Load, TestGateway, plugin, tagged};
 
 const CLIENTS: usize = 4;
+/// How long the steady state is measured; the cached storm lasts as long at least.
+const STEADY: Duration = Duration::from_secs(5);
 /// Swaps per storm (`WEIR_BENCH_SWAPS`, default 50).
 fn swaps() -> usize {
     std::env::var("WEIR_BENCH_SWAPS")
@@ -49,15 +51,23 @@ fn summary(name: &str, outcomes: &[support::Outcome]) -> (Duration, Duration) {
 }
 
 /// Swaps `wasm` to each of `builds` in turn (named by their stamp) under
-/// load; the time from each file change to the new build serving, sorted.
+/// load, round again until `at_least` has passed; the time from each file
+/// change to the new build serving, sorted.
 async fn storm(
     gw: &TestGateway,
     wasm: &Path,
     builds: &[(&'static str, Vec<u8>)],
+    at_least: Duration,
 ) -> (Vec<Duration>, Vec<support::Outcome>) {
     let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
     let mut swaps = Vec::new();
-    for (i, (version, bytes)) in builds.iter().enumerate() {
+    let started = Instant::now();
+    let rounds = builds
+        .iter()
+        .cycle()
+        .enumerate()
+        .take_while(|(i, _)| *i < builds.len() || started.elapsed() < at_least);
+    for (i, (version, bytes)) in rounds {
         let sha = weir::plugin::sha256_hex(bytes);
         let tmp = wasm.with_extension("tmp");
         std::fs::write(&tmp, bytes).unwrap();
@@ -100,7 +110,7 @@ async fn main() {
 
     // Steady state first, then the storms, same clients.
     let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(STEADY).await;
     let steady = load.stop().await;
 
     // Every swap a build never seen: each one compiles.
@@ -110,29 +120,58 @@ async fn main() {
             (version, tagged(bytes, &format!("bench-{run}-{i}")))
         })
         .collect();
-    let (miss, compiling) = storm(&gw, &wasm, &fresh).await;
+    let (miss, compiling) = storm(&gw, &wasm, &fresh, Duration::ZERO).await;
 
     // Every swap a build seen before: compile-cache hits.
     let seen: Vec<(&'static str, Vec<u8>)> = (0..swaps_n)
         .map(|i| fresh[swaps_n - 2 + i % 2].clone())
         .collect();
-    let (hit, cached) = storm(&gw, &wasm, &seen).await;
+    let (hit, cached) = storm(&gw, &wasm, &seen, STEADY).await;
 
-    for (name, swaps) in [("compile (miss)", &miss), ("cache hit", &hit)] {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut json = serde_json::Map::new();
+    for (key, name, swaps) in [
+        ("miss", "compile (miss)", &miss),
+        ("hit", "cache hit", &hit),
+    ] {
         println!(
-            "file change → new version serving, {swaps_n} swaps, {name}: median {:?}, p90 {:?}, max {:?}",
+            "file change → new version serving, {} swaps, {name}: median {:?}, p90 {:?}, max {:?}",
+            swaps.len(),
             percentile(swaps, 0.5),
             percentile(swaps, 0.9),
             swaps[swaps.len() - 1]
         );
-    }
-    let (s50, s99) = summary("steady", &steady);
-    for (name, outcomes) in [("storm, compiling", &compiling), ("storm, cached", &cached)] {
-        let (w50, w99) = summary(name, outcomes);
-        println!(
-            "{name:>18}: storm/steady p50 {:.2}x, p99 {:.2}x",
-            w50.as_secs_f64() / s50.as_secs_f64(),
-            w99.as_secs_f64() / s99.as_secs_f64()
+        json.insert(
+            format!("serving_{key}_ms"),
+            serde_json::json!({
+                "median": ms(percentile(swaps, 0.5)),
+                "p90": ms(percentile(swaps, 0.9)),
+                "max": ms(swaps[swaps.len() - 1]),
+            }),
         );
     }
+    let (s50, s99) = summary("steady", &steady);
+    json.insert(
+        "steady".into(),
+        serde_json::json!({"requests": steady.len(), "p50_ms": ms(s50), "p99_ms": ms(s99)}),
+    );
+    for (key, name, outcomes) in [
+        ("storm_compiling", "storm, compiling", &compiling),
+        ("storm_cached", "storm, cached", &cached),
+    ] {
+        let (w50, w99) = summary(name, outcomes);
+        let (r50, r99) = (
+            w50.as_secs_f64() / s50.as_secs_f64(),
+            w99.as_secs_f64() / s99.as_secs_f64(),
+        );
+        println!("{name:>18}: storm/steady p50 {r50:.2}x, p99 {r99:.2}x");
+        let failed = outcomes.iter().filter(|o| o.status != 200).count();
+        json.insert(
+            key.into(),
+            serde_json::json!({"requests": outcomes.len(), "failed": failed, "p50_ms": ms(w50), "p99_ms": ms(w99), "p50_x": r50, "p99_x": r99}),
+        );
+    }
+    json.insert("swaps".into(), swaps_n.into());
+    // One line for bench/run to read.
+    println!("hot_swap_json {}", serde_json::Value::Object(json));
 }
