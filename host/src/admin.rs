@@ -11,7 +11,7 @@
 //! | `GET /routes` | JSON: each route's match, upstream and plugin chain |
 //! | `GET /plugins` | JSON: each plugin's sha256, size, load time, limits and routes |
 //! | `POST /reload` | 200 and a JSON summary, or 422 and the config errors |
-//! | `POST /plugins/NAME/promote`, `/rollback`, `/reset` | a rolled-out plugin's versions by hand (see [`rollout`]) |
+//! | `POST /plugins/NAME/promote`, `/rollback`, `/reset` | a rolled-out plugin's versions by hand (see `admin/rollout.rs`) |
 //!
 //! With `token` (or `token_env`) set, every endpoint but `/healthz` and
 //! `/readyz` (probes) needs `Authorization: Bearer <token>`.

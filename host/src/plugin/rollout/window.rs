@@ -65,7 +65,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// A window of `length` (at least [`SLOTS`] epoch ticks).
+    /// A window of `length` (at least `SLOTS` epoch ticks).
     pub fn new(length: Duration) -> Window {
         let ticks = (length.as_millis() / EPOCH_TICK.as_millis().max(1)) as u64;
         Window {
