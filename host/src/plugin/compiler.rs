@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 
 use tokio::sync::{mpsc, oneshot};
 
-/// Nice value of the compile thread (0 is normal, 19 the lowest priority).
+/// Nice value of the compile thread (0 is normal, 19 the lowest priority);
+/// `WEIR_COMPILE_NICE` overrides it (e.g. 0 on a machine shared with other
+/// work, where a low-priority compile could wait a long time).
 pub const NICE: i32 = 10;
 /// Compiles that may wait for the thread; more wait for room.
 pub const QUEUE: usize = 64;
@@ -44,7 +46,12 @@ impl Compiler {
             .name("weir-compile".into())
             .spawn(move || {
                 // On Linux the nice value is per thread: only this one yields.
-                if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+                let nice = std::env::var("WEIR_COMPILE_NICE")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .filter(|n| (0..=19).contains(n))
+                    .unwrap_or(NICE);
+                if let Err(e) = rustix::process::setpriority_process(None, nice) {
                     tracing::warn!(error = %e, "cannot lower the compile thread's priority");
                 }
                 while let Some(job) = rx.blocking_recv() {

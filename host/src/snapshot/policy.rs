@@ -229,7 +229,7 @@ pub(super) fn load_error_help(
             "plugins may not use this interface: rebuild the plugin without it (`weir audit FILE` lists its imports)".into(),
         ),
         LoadError::NeedsGrant { .. } => (
-            p.path.span(),
+            path.span(),
             "grant the upstreams it may call, e.g. `grants = { http = [\"idp\"] }` (names of `[upstreams.*]`), or `grants = { http = [] }` to run it with every call refused".into(),
         ),
         LoadError::TooLarge { .. } => (

@@ -44,6 +44,16 @@ pub struct RouteVersions {
 }
 
 impl Route {
+    /// Every plugin a request of this route may run, with its place in the
+    /// chain: each place's stable version, then every canary.
+    pub fn every_version(&self) -> impl Iterator<Item = (usize, &ChainPlugin)> {
+        let canaries = self
+            .versions
+            .iter()
+            .flat_map(|rv| rv.canaries.iter().map(move |c| (rv.place, c)));
+        self.chain.iter().enumerate().chain(canaries)
+    }
+
     /// A request's run of this route's chain: for each rolled-out plugin, the
     /// version its sticky key picks, the same for all of its hooks and places.
     pub fn start_chain(&self, req: &RequestState) -> Chain<'_> {
