@@ -2,8 +2,12 @@
 //!
 //! - `load/check_quickstart`: the quickstart manifest parsed and resolved,
 //!   its four plugins read, hashed, compiled and pre-linked, and each route's
-//!   first instance created (what `weir check` and a cold start do);
-//! - `load/compile/NAME`: one bundled plugin read, compiled and pre-linked;
+//!   first instance created (what `weir check` and a cold start do; the
+//!   compile cache is emptied of them before each run);
+//! - `load/compile/NAME`: one bundled plugin read, compiled and pre-linked
+//!   (never from the compile cache);
+//! - `load/cached/NAME`: the same from the in-memory compile cache (a
+//!   rollback to a version seen before);
 //! - `instantiate/headers`: a fresh instance plus its `init` call (config
 //!   parse), without any hook: the fixed cost of `isolation = "request"`.
 //!
@@ -36,8 +40,14 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("load");
     g.sample_size(10);
     let manifest = root().join("examples/quickstart/gateway.toml");
+    let stems = ["key_auth", "jwt_auth", "headers", "rate_limit"];
+    let sha = |stem: &str| weir::plugin::sha256_hex(&std::fs::read(wasm(stem)).unwrap_or_default());
+    let shas: Vec<String> = stems.iter().map(|s| sha(s)).collect();
     g.bench_function("check_quickstart", |b| {
         b.iter(|| {
+            for s in &shas {
+                runtime.forget_compiled(s);
+            }
             rt.block_on(weir::check(&manifest))
                 .unwrap_or_else(|e| panic!("{e} (build the plugins first)"))
         })
@@ -45,8 +55,14 @@ fn benches(c: &mut Criterion) {
     // jwt-auth imports outbound HTTP (for a JWKS): it loads with `grants.http = []`.
     let mut may_call_out = weir::plugin::Policy::default();
     may_call_out.grants.http = Some(Vec::new());
-    for stem in ["key_auth", "jwt_auth", "headers", "rate_limit"] {
+    for (stem, sha) in stems.iter().zip(&shas) {
         g.bench_function(format!("compile/{stem}"), |b| {
+            b.iter(|| {
+                runtime.forget_compiled(sha);
+                runtime.load(stem, &wasm(stem), &may_call_out).unwrap()
+            })
+        });
+        g.bench_function(format!("cached/{stem}"), |b| {
             b.iter(|| runtime.load(stem, &wasm(stem), &may_call_out).unwrap())
         });
     }

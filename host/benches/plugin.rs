@@ -132,7 +132,10 @@ fn benches(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("compile_headers_plugin", |b| {
         let runtime = Runtime::global();
+        let sha = weir::plugin::sha256_hex(&std::fs::read(wasm("headers")).unwrap());
         b.iter(|| {
+            // Compiled every time, never taken from the compile cache.
+            runtime.forget_compiled(&sha);
             runtime
                 .load("headers", &wasm("headers"), &Default::default())
                 .unwrap()

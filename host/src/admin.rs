@@ -11,9 +11,12 @@
 //! | `GET /routes` | JSON: each route's match, upstream and plugin chain |
 //! | `GET /plugins` | JSON: each plugin's sha256, size, load time, limits and routes |
 //! | `POST /reload` | 200 and a JSON summary, or 422 and the config errors |
+//! | `POST /plugins/NAME/promote`, `/rollback`, `/reset` | a rolled-out plugin's versions by hand (see `admin/rollout.rs`) |
 //!
 //! With `token` (or `token_env`) set, every endpoint but `/healthz` and
 //! `/readyz` (probes) needs `Authorization: Bearer <token>`.
+
+mod rollout;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -111,6 +114,20 @@ fn set_snapshot_gauges(metrics: &Metrics, snap: &Snapshot) {
             .map(|cp| (&**cp.name(), &*route.id, cp.idle_instances()))
     });
     metrics.set_snapshot_gauges(plugins, idle);
+    let versions = snap.rollouts.values().flat_map(|r| {
+        r.versions.iter().zip(r.shares()).map(move |(v, share)| {
+            let f = v.figures();
+            crate::telemetry::metrics::VersionGauges {
+                plugin: &r.plugin,
+                version: &v.label,
+                sha256: &v.plugin.sha256,
+                share,
+                calls: f.calls,
+                failures: f.failures,
+            }
+        })
+    });
+    metrics.set_version_gauges(versions);
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -137,11 +154,16 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
 
 async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    let control = path
+        .strip_prefix("/plugins/")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(name, action)| Some((name, rollout::Action::parse(action)?)));
     let allowed: &[Method] = match path {
         "/healthz" | "/readyz" | "/metrics" | "/routes" | "/plugins" => {
             &[Method::GET, Method::HEAD]
         }
         "/reload" => &[Method::POST],
+        _ if control.is_some() => &[Method::POST],
         _ => return text(StatusCode::NOT_FOUND, "not found\n"),
     };
     if !allowed.contains(req.method()) {
@@ -202,6 +224,15 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     let Some(gateway) = gateway else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "loading\n");
     };
+    if let Some((name, action)) = control {
+        let version = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("version="))
+                .filter(|v| !v.is_empty())
+        });
+        let (status, body) = rollout::control(&gateway.current().load(), name, action, version);
+        return json_response(status, &body);
+    }
     match path {
         "/routes" => json_response(StatusCode::OK, &routes(&gateway.current().load())),
         "/plugins" => json_response(StatusCode::OK, &plugins(&gateway.current().load())),
@@ -316,6 +347,8 @@ fn plugins(snap: &Snapshot) -> Value {
                 "loaded_at": loaded_at,
                 "limits": snap.policies.get(&*p.name).map(|pol| &pol.limits),
                 "routes": routes,
+                "compiled_from": p.source,
+                "rollout": snap.rollouts.get(&*p.name).map(|r| rollout::versions(r)),
             })
         })
         .collect();

@@ -172,7 +172,21 @@ async fn audit_plugin(path: &Path) -> Result<Report, AuditError> {
 async fn audit_manifest(path: &Path) -> Result<Report, AuditError> {
     let snap = crate::check(path).await.map_err(AuditError::Manifest)?;
     let mut plugins = Vec::new();
-    for (name, loaded) in &snap.plugins {
+    // A rolled-out plugin's canaries are audited beside its stable version.
+    let canaries = snap.rollouts.iter().flat_map(|(name, r)| {
+        r.versions
+            .iter()
+            .skip(1)
+            .map(move |v| (format!("{name} (version {})", v.label), name, &v.plugin))
+    });
+    let stable = snap.plugins.iter().map(|(name, lp)| {
+        let shown = match snap.rollouts.get(name) {
+            Some(r) => format!("{name} (version {}, stable)", r.versions[0].label),
+            None => name.clone(),
+        };
+        (shown, name, lp)
+    });
+    for (shown, name, loaded) in stable.chain(canaries).collect::<Vec<_>>() {
         let found = inspect(&loaded.path)?;
         let policy = snap.policies.get(name).cloned().unwrap_or_default();
         let mut isolation = Isolation::default();
@@ -192,7 +206,7 @@ async fn audit_manifest(path: &Path) -> Result<Report, AuditError> {
         }
         let pr = policy_report(&policy, isolation);
         plugins.push(report(
-            name.clone(),
+            shown,
             &loaded.path,
             found,
             &policy,

@@ -26,6 +26,7 @@
 mod diag;
 mod duration;
 pub mod field;
+mod rollout;
 mod size;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ use crate::upstream::Settings;
 pub use crate::telemetry::logging::LogFormat;
 pub use diag::{ConfigError, Location};
 pub use duration::Duration;
+pub use rollout::{CompileCache, PluginVersion, Rollout};
 pub use size::ByteSize;
 
 /// A parsed manifest plus where it came from, for error messages.
@@ -78,6 +80,8 @@ pub struct Document {
     pub tracing: Option<Spanned<Tracing>>,
     /// `[state]`: where plugins' host state lives; in memory when absent.
     pub state: Option<Spanned<State>>,
+    /// `[compile_cache]`: compiled plugins kept in memory and on disk.
+    pub compile_cache: Option<Spanned<CompileCache>>,
 }
 
 /// `[tracing]`: spans of sampled requests sent to an OTLP collector.
@@ -531,8 +535,14 @@ fn default_ejection() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
-    /// `path`: the component `.wasm`, relative to the manifest.
-    pub path: Spanned<PathBuf>,
+    /// `path`: the component `.wasm`, relative to the manifest (or `versions`).
+    pub path: Option<Spanned<PathBuf>>,
+    /// `versions`: several builds sharing the traffic by weight, the first
+    /// being the stable one (instead of `path`).
+    #[serde(default)]
+    pub versions: Vec<Spanned<PluginVersion>>,
+    /// `[plugins.NAME.rollout]`: stickiness and each canary's budget (with `versions`).
+    pub rollout: Option<Spanned<Rollout>>,
     /// `sha256`: hex digest the file must have; any other file is refused at load.
     pub sha256: Option<Spanned<String>>,
     /// `isolation`: `"pooled"` (reused instances) or `"request"` (fresh per request).
@@ -583,6 +593,20 @@ pub struct Plugin {
     /// `grants`: capabilities beyond the inert default.
     #[serde(default)]
     pub grants: Grants,
+}
+
+impl Plugin {
+    /// Every file this plugin names: `path`, or each of `versions`.
+    pub fn files(&self) -> impl Iterator<Item = &Spanned<PathBuf>> {
+        self.path
+            .iter()
+            .chain(self.versions.iter().map(|v| &v.get_ref().path))
+    }
+
+    /// The file of its stable version (`path`, or the first of `versions`).
+    pub fn stable_path(&self) -> Option<&Spanned<PathBuf>> {
+        self.files().next()
+    }
 }
 
 /// `grants = { ... }` in `[plugins.NAME]`: what a plugin may reach beyond its

@@ -21,7 +21,8 @@
 //! host capabilities, instance pools) → [`upstream`]; [`reload`] swaps
 //! snapshots when files change. Beside the request path: [`telemetry`] (logs,
 //! metrics, request ids and trace context, the access record), [`admin`]
-//! (health, readiness, metrics, reload on a separate listener), [`audit`]
+//! (health, readiness, metrics, reload, rollout control on a separate
+//! listener), [`ctl`] (`weir ctl`: that API from the command line), [`audit`]
 //! (what each plugin is and may do), [`lint`] (policy conflicts `weir check`
 //! warns about), [`cases`] (`weir test`: request cases run in-process),
 //! [`testkit`] (plugin unit tests on the real runtime) and [`scaffold`]
@@ -38,6 +39,7 @@ pub mod audit;
 pub mod body;
 pub mod cases;
 pub mod config;
+pub mod ctl;
 pub mod error;
 pub mod lint;
 mod net;

@@ -73,7 +73,10 @@ pub fn lint(m: &Manifest, snap: &Snapshot) -> Vec<Warning> {
         .doc
         .plugins
         .iter()
-        .filter(|(name, p)| is_auth(name.get_ref().as_str(), p.path.get_ref()))
+        .filter(|(name, p)| {
+            p.files()
+                .any(|f| is_auth(name.get_ref().as_str(), f.get_ref()))
+        })
         .map(|(name, _)| name.get_ref().as_str())
         .collect();
     // Where each route is written, by id.

@@ -52,6 +52,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Control a running gateway through its admin API: a rolled-out
+    /// plugin's versions (promote, rollback, reset), status, reload.
+    Ctl {
+        /// The admin API's `host:port` (default: `[admin] listen` of
+        /// `--manifest`, else 127.0.0.1:9901).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Read the admin address and token from this manifest's `[admin]`.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The environment variable holding the admin token.
+        #[arg(long, default_value = "WEIR_ADMIN_TOKEN")]
+        token_env: String,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Plugin authoring: `weir plugin new NAME` writes a plugin crate that
     /// builds for wasm32-wasip2 and passes its test as it stands.
     Plugin {
@@ -68,6 +84,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every request runs this version (the only canary when the plugin has one).
+    Promote {
+        /// The plugin's name in the manifest.
+        plugin: String,
+        /// The version's label (or a sha256 prefix).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Every canary out of rotation: the stable version serves every request.
+    Rollback {
+        /// The plugin's name in the manifest.
+        plugin: String,
+    },
+    /// Back to the manifest's weights, every version in rotation.
+    Reset {
+        /// The plugin's name in the manifest.
+        plugin: String,
+    },
+    /// Each rolled-out plugin's versions, shares, budget windows and removals.
+    Status,
+    /// Reload the manifest and plugins now.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -89,7 +131,7 @@ fn log_settings(cli: &Cli) -> LogSettings {
     let manifest = match &cli.command {
         Command::Run { manifest, .. } | Command::Check { manifest, .. } => Some(manifest),
         // `audit` takes a manifest or a plugin file; it logs with the defaults.
-        Command::Audit { .. } | Command::Plugin { .. } => None,
+        Command::Audit { .. } | Command::Plugin { .. } | Command::Ctl { .. } => None,
         // The report is the output; the gateway's own lines only for problems.
         Command::Test { .. } => {
             return LogSettings {
@@ -168,6 +210,12 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Command::Ctl {
+                admin,
+                manifest,
+                token_env,
+                command,
+            } => ctl(admin, manifest.as_deref(), &token_env, command).await,
             Command::Run { manifest, no_watch } => match run(manifest, !no_watch).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -237,6 +285,75 @@ async fn test(cases: &std::path::Path, json: bool) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `weir ctl`: 0 when the gateway did it, 1 when it refused or cannot be reached.
+async fn ctl(
+    admin: Option<String>,
+    manifest: Option<&std::path::Path>,
+    token_env: &str,
+    command: CtlCommand,
+) -> ExitCode {
+    use http::Method;
+    use weir::ctl::AdminTarget;
+    let from_manifest = match manifest.map(AdminTarget::from_manifest).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = AdminTarget {
+        addr: admin
+            .or_else(|| from_manifest.as_ref().map(|t| t.addr.clone()))
+            .unwrap_or_else(|| "127.0.0.1:9901".into()),
+        token: std::env::var(token_env)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string())
+            .or_else(|| from_manifest.and_then(|t| t.token)),
+    };
+    let (method, path) = match &command {
+        CtlCommand::Promote { plugin, version } => (
+            Method::POST,
+            match version {
+                Some(v) => format!("/plugins/{plugin}/promote?version={v}"),
+                None => format!("/plugins/{plugin}/promote"),
+            },
+        ),
+        CtlCommand::Rollback { plugin } => (Method::POST, format!("/plugins/{plugin}/rollback")),
+        CtlCommand::Reset { plugin } => (Method::POST, format!("/plugins/{plugin}/reset")),
+        CtlCommand::Status => (Method::GET, "/plugins".into()),
+        CtlCommand::Reload => (Method::POST, "/reload".into()),
+    };
+    match target.call(method, &path).await {
+        Ok(body) => {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            match command {
+                CtlCommand::Status => {
+                    let rollouts: Vec<_> = json
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| !p["rollout"].is_null())
+                        .collect();
+                    if rollouts.is_empty() {
+                        println!("no plugin is rolled out in versions");
+                    }
+                    for p in rollouts {
+                        print!("{}", weir::ctl::describe_rollout(&p["rollout"]));
+                    }
+                }
+                CtlCommand::Reload => print!("{body}"),
+                _ => print!("{}", weir::ctl::describe_rollout(&json)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,16 +9,21 @@
 //!   mode, failure policy and pool of initialised instances; runs the hooks.
 //! - [`Chain`]: a route's plugins as one request runs them, on one leased
 //!   instance per plugin ([`Lease`]) for the whole request.
+//! - [`cache`]: compiled plugins by sha256, in memory and on disk;
+//!   [`compiler`]: the one low-priority thread that compiles them.
 //! - [`Policy`]: the sandbox of one plugin: [`Limits`] and [`Grants`]; which
 //!   imports are allowed is decided per [`Capability`].
 
 mod bindings;
+pub mod cache;
 pub mod capability;
 mod chain;
+pub mod compiler;
 pub mod guard;
 pub mod host;
 mod instance;
 pub mod limits;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -29,14 +34,17 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use bindings::{Action, Reply};
+pub use cache::CacheSource;
 pub use capability::Capability;
-pub use chain::{Chain, Early, Failed};
+pub use chain::{Chain, Early, Failed, Picked};
 pub use host::http::{RequestState, ResponseState};
 pub use instance::{
     ChainPlugin, FailPolicy, Lease, Outcome, PluginError, PluginErrorKind, PluginUse,
 };
 pub use limits::{Grants, Limits, Policy};
 
+use cache::CompileCache;
+use compiler::Compiler;
 use host::HostState;
 use host::state::SharedState;
 
@@ -66,6 +74,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     shared: Arc<SharedState>,
+    cache: CompileCache,
 }
 
 impl Runtime {
@@ -108,6 +117,9 @@ impl Runtime {
             .memory_init_cow(true)
             .max_wasm_stack(512 << 10)
             .async_stack_size(1 << 20)
+            // One core per compile, on the low-priority compile thread
+            // ([`compiler`]): compiling must not take the cores traffic runs on.
+            .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // The pool reserves terabytes of address space up front; where that is
         // refused (`ulimit -v`, valgrind) plugins still run, allocated on demand.
@@ -143,6 +155,7 @@ impl Runtime {
             .map_err(|e| wasmtime::format_err!("cannot start the epoch ticker: {e}"))?;
 
         Ok(Runtime {
+            cache: CompileCache::new(&engine),
             engine,
             linker,
             shared: Arc::new(SharedState::default()),
@@ -174,7 +187,9 @@ impl Runtime {
         self.load_bytes(name, path, bytes, policy)
     }
 
-    /// Like [`Runtime::load`], for a file already read (reloads read each file once).
+    /// Like [`Runtime::load`], for a file already read (reloads read each
+    /// file once). Compiled code comes from the in-memory cache when this
+    /// file was compiled before.
     pub fn load_bytes(
         &self,
         name: &str,
@@ -186,8 +201,78 @@ impl Runtime {
         let sha256 = sha256_hex(&bytes);
         check_file(bytes.len(), &sha256, policy)?;
         check_header(&bytes)?;
-        let component = Component::from_binary(&self.engine, &bytes)
+        let (component, source) = self
+            .cache
+            .get_or_compile(&sha256, &bytes, None)
             .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
+        let file = FileFacts {
+            name,
+            path,
+            size: bytes.len(),
+            sha256,
+            started,
+        };
+        self.link(file, component, source, policy)
+    }
+
+    /// Like [`Runtime::load_bytes`], without blocking: a plugin compiled
+    /// before (this file's sha256) is taken from memory at once; any other is
+    /// read from the disk cache in `cache_dir` or compiled on the compile
+    /// thread ([`compiler`]), one at a time, at low priority.
+    pub async fn load_off_path(
+        self: &Arc<Self>,
+        name: &str,
+        path: &Path,
+        bytes: Vec<u8>,
+        policy: &Policy,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let started = Instant::now();
+        let sha256 = sha256_hex(&bytes);
+        check_file(bytes.len(), &sha256, policy)?;
+        check_header(&bytes)?;
+        let size = bytes.len();
+        let (component, source) = match self.cache.get(&sha256) {
+            Some(c) => (c, CacheSource::Memory),
+            None => {
+                let rt = self.clone();
+                let sha = sha256.clone();
+                Compiler::global()
+                    .run(move || rt.cache.get_or_compile(&sha, &bytes, cache_dir.as_deref()))
+                    .await
+                    .map_err(|e| LoadError::Compile(e.to_string()))?
+                    .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?
+            }
+        };
+        let file = FileFacts {
+            name,
+            path,
+            size,
+            sha256,
+            started,
+        };
+        self.link(file, component, source, policy)
+    }
+
+    /// Sets how many compiled plugins the in-memory cache keeps.
+    pub fn set_cache_entries(&self, entries: usize) {
+        self.cache.set_capacity(entries);
+    }
+
+    /// Forgets the compiled plugin of this sha256 from memory (a disk cache
+    /// keeps it), as a restart would.
+    pub fn forget_compiled(&self, sha256: &str) {
+        self.cache.evict(sha256);
+    }
+
+    /// Type-checks a compiled component against `policy` and pre-links it.
+    fn link(
+        &self,
+        file: FileFacts<'_>,
+        component: Component,
+        source: CacheSource,
+        policy: &Policy,
+    ) -> Result<LoadedPlugin, LoadError> {
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
@@ -209,19 +294,37 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let load_time = file.started.elapsed();
+        tracing::info!(
+            plugin = file.name,
+            sha256 = %file.sha256,
+            source = source.label(),
+            micros = load_time.as_micros() as u64,
+            "plugin loaded"
+        );
         Ok(LoadedPlugin {
-            name: name.into(),
-            path: path.to_path_buf(),
-            sha256,
-            size: bytes.len(),
+            name: file.name.into(),
+            path: file.path.to_path_buf(),
+            sha256: file.sha256,
+            size: file.size,
             loaded_at: SystemTime::now(),
-            load_time: started.elapsed(),
+            load_time,
+            source,
             imports,
             exports,
             min_memory,
             pre,
         })
     }
+}
+
+/// What is known of a plugin file before it is compiled.
+struct FileFacts<'a> {
+    name: &'a str,
+    path: &'a Path,
+    size: usize,
+    sha256: String,
+    started: Instant,
 }
 
 /// Lower-case hex sha256 of `bytes`, as `sha256sum` prints it.
@@ -316,6 +419,8 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     /// How long reading, compiling and pre-linking took.
     pub load_time: Duration,
+    /// Where its compiled code came from (compiled, or a cache).
+    pub source: CacheSource,
     /// Every import of the component (`wasi:cli/stdout@0.2.6`, ...), in order.
     pub imports: Vec<String>,
     /// Every export of the component.

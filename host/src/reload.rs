@@ -24,6 +24,10 @@ use crate::telemetry::metrics::Metrics;
 /// Quiet time after the last file event before reloading: editors and `cp`
 /// write in bursts, and a half-written file usually completes within it.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time when only `.wasm` files changed: a component cut short is
+/// refused by the parser (never half-loaded), and going back to a cached
+/// version should take milliseconds, not a tenth of a second.
+pub const PLUGIN_DEBOUNCE: Duration = Duration::from_millis(10);
 /// Longest a reload waits for a burst of events to end.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
@@ -156,15 +160,22 @@ impl Reloader {
             if !relevant(&ev, &files) {
                 continue;
             }
-            // Debounce: wait for DEBOUNCE of quiet, at most MAX_DELAY in all.
+            // Debounce: wait for DEBOUNCE of quiet (PLUGIN_DEBOUNCE while only
+            // plugin files change), at most MAX_DELAY in all.
             let deadline = Instant::now() + MAX_DELAY;
+            let mut wait = debounce(&ev, &files);
             loop {
                 let quiet = tokio::time::sleep(
-                    DEBOUNCE.min(deadline.saturating_duration_since(Instant::now())),
+                    wait.min(deadline.saturating_duration_since(Instant::now())),
                 );
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Some(_) if Instant::now() < deadline => continue,
+                        Some(ev) if Instant::now() < deadline => {
+                            if relevant(&ev, &files) {
+                                wait = wait.max(debounce(&ev, &files));
+                            }
+                            continue;
+                        }
                         Some(_) => break,
                         None => return Ok(()),
                     },
@@ -184,8 +195,8 @@ impl Reloader {
     fn watched_files(&self) -> BTreeSet<PathBuf> {
         let mut files = BTreeSet::from([absolute(&self.manifest)]);
         if let Ok(m) = Manifest::load(&self.manifest) {
-            for p in m.doc.plugins.values() {
-                files.insert(absolute(&m.base_dir().join(p.path.get_ref())));
+            for f in m.doc.plugins.values().flat_map(|p| p.files()) {
+                files.insert(absolute(&m.base_dir().join(f.get_ref())));
             }
             // Certificate renewals (certbot, cert-manager) only touch these files.
             for c in m
@@ -203,8 +214,12 @@ impl Reloader {
                 files.insert(absolute(&m.base_dir().join(ca.get_ref())));
             }
         } else {
-            for p in self.current.load().plugins.values() {
+            let current = self.current.load();
+            for p in current.plugins.values() {
                 files.insert(absolute(&p.path));
+            }
+            for v in current.rollouts.values().flat_map(|r| &r.versions) {
+                files.insert(absolute(&v.plugin.path));
             }
         }
         files
@@ -233,6 +248,23 @@ fn update_watches(
     *dirs = wanted;
 }
 
+/// How long to wait for quiet after `ev`: short when the watched files it
+/// touched are all plugins (a rename's temporary source is not watched).
+fn debounce(ev: &notify::Result<notify::Event>, files: &BTreeSet<PathBuf>) -> Duration {
+    let plugins_only = ev.as_ref().is_ok_and(|ev| {
+        ev.paths
+            .iter()
+            .map(|p| absolute(p))
+            .filter(|p| files.contains(p))
+            .all(|p| p.extension().is_some_and(|e| e == "wasm"))
+    });
+    if plugins_only {
+        PLUGIN_DEBOUNCE
+    } else {
+        DEBOUNCE
+    }
+}
+
 fn relevant(ev: &notify::Result<notify::Event>, files: &BTreeSet<PathBuf>) -> bool {
     match ev {
         Ok(ev) => {
@@ -257,6 +289,18 @@ fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
             Some(o) if o.sha256 == p.sha256 => {}
             Some(o) => out.push(format!("{name} {}→{}", short(&o.sha256), short(&p.sha256))),
             None => out.push(format!("{name} added {}", short(&p.sha256))),
+        }
+    }
+    for (name, r) in &new.rollouts {
+        let kept = old.rollouts.get(name).is_some_and(|o| Arc::ptr_eq(o, r));
+        if !kept {
+            let shares = r
+                .versions
+                .iter()
+                .map(|v| format!("{} {}@{}", v.label, short(&v.plugin.sha256), v.weight))
+                .collect::<Vec<_>>()
+                .join(" + ");
+            out.push(format!("{name} versions {shares}"));
         }
     }
     for name in old.plugins.keys().filter(|n| !new.plugins.contains_key(*n)) {

@@ -6,7 +6,10 @@
 //! route's failure policy from the manifest.
 
 mod admin;
+mod outbound;
+mod plugins;
 mod policy;
+mod rollout;
 mod state;
 mod traces;
 
@@ -27,10 +30,10 @@ use crate::plugin::host::state::RedisBackend;
 use crate::plugin::{ChainPlugin, LoadedPlugin, PluginErrorKind, PluginUse, Policy, Runtime};
 use crate::router::{HostMatch, PathMatch, RouteRule, Router};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
-use crate::upstream::outbound::Upstreams;
 use crate::upstream::{self, Target, Upstream};
 
 pub use admin::AdminSettings;
+pub use rollout::RouteVersions;
 
 /// Listener and connection settings.
 #[derive(Debug, Clone)]
@@ -107,8 +110,10 @@ pub struct Route {
     pub id: Arc<str>,
     /// Where its requests go.
     pub upstream: Arc<Upstream>,
-    /// Its plugins, in order.
+    /// Its plugins, in order (a rolled-out plugin's stable version).
     pub chain: Vec<ChainPlugin>,
+    /// The rolled-out plugins of its chain (see [`Route::start_chain`]).
+    pub versions: Vec<RouteVersions>,
     /// Its request and upstream metric handles.
     pub metrics: RouteMetrics,
 }
@@ -133,8 +138,10 @@ pub struct Snapshot {
     pub router: Router<Route>,
     /// Routes in manifest order.
     pub routes: Vec<Arc<Route>>,
-    /// Loaded plugins by name.
+    /// Loaded plugins by name (a rolled-out plugin's stable version).
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    /// The plugins with `versions`, by name: every version and its state.
+    pub rollouts: BTreeMap<String, Arc<crate::plugin::rollout::Rollout>>,
     /// Each plugin's sandbox (limits, grants, pin) by name.
     pub policies: BTreeMap<String, Arc<Policy>>,
     /// The shared state backend (`[state]`); `None`: state in memory.
@@ -254,9 +261,13 @@ impl Snapshot {
         };
         let server = resolve_server(&mut l);
         let upstreams = resolve_upstreams(&mut l, previous);
-        let (plugins, policies) = load_plugins(&mut l, runtime, previous).await;
+        let plugins::Plugins {
+            loaded: plugins,
+            policies,
+            rollouts,
+        } = plugins::load_plugins(&mut l, runtime, metrics, previous).await;
         let state = state::resolve_state(&mut l, metrics, previous);
-        let outbound: Arc<dyn OutboundClient> = Arc::new(Upstreams(upstreams.clone()));
+        let outbound: Arc<dyn OutboundClient> = Arc::new(outbound::Upstreams(upstreams.clone()));
         let loaded = Loaded {
             outbound,
             state: state.as_ref(),
@@ -266,6 +277,7 @@ impl Snapshot {
             upstreams: &upstreams,
             plugins: &plugins,
             policies: &policies,
+            rollouts: &rollouts,
         };
         let (routes, rules) = resolve_routes(&mut l, &loaded).await;
         let tracing = traces::settings(m).unwrap_or_else(|e| {
@@ -291,6 +303,7 @@ impl Snapshot {
             router: Router::new(rules),
             routes,
             plugins,
+            rollouts,
             policies,
             state,
             load_time: started.elapsed(),
@@ -308,6 +321,7 @@ struct Loaded<'a> {
     upstreams: &'a HashMap<String, Arc<Upstream>>,
     plugins: &'a BTreeMap<String, Arc<LoadedPlugin>>,
     policies: &'a BTreeMap<String, Arc<Policy>>,
+    rollouts: &'a BTreeMap<String, Arc<crate::plugin::rollout::Rollout>>,
     state: Option<&'a Arc<RedisBackend>>,
     /// The upstreams as plugins granted `grants.http` call them.
     outbound: Arc<dyn OutboundClient>,
@@ -405,90 +419,6 @@ fn resolve_upstreams(
     upstreams
 }
 
-type Plugins = (
-    BTreeMap<String, Arc<LoadedPlugin>>,
-    BTreeMap<String, Arc<Policy>>,
-);
-
-/// `[plugins.NAME]`: each file read once, checked against its policy, and
-/// compiled off the async threads unless unchanged since `previous`.
-async fn load_plugins(
-    l: &mut Loader<'_>,
-    runtime: &Arc<Runtime>,
-    previous: Option<&Snapshot>,
-) -> Plugins {
-    let m = l.m;
-    let doc = &m.doc;
-    let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
-    let mut policies: BTreeMap<String, Arc<Policy>> = BTreeMap::new();
-    for (name, p) in &doc.plugins {
-        let Some(policy) = policy::resolve_policy(l, name.get_ref().as_str(), p) else {
-            continue;
-        };
-        let file = m.base_dir().join(p.path.get_ref());
-        let bytes = match tokio::fs::read(&file).await {
-            Ok(b) => b,
-            Err(e) => {
-                let what = if e.kind() == std::io::ErrorKind::NotFound {
-                    "not found".to_string()
-                } else {
-                    e.to_string()
-                };
-                l.err::<()>(
-                    p.path.span(),
-                    format!("plugin `{}`: file `{}` {what}", name.get_ref(), file.display()),
-                    Some("paths are relative to the manifest; build the plugin with `cargo build --target wasm32-wasip2` first".into()),
-                );
-                continue;
-            }
-        };
-        let sha256 = crate::plugin::sha256_hex(&bytes);
-        let policy = Arc::new(policy);
-        let unchanged = previous
-            .and_then(|s| s.plugins.get(name.get_ref().as_str()))
-            .filter(|o| o.sha256 == sha256 && o.path == file)
-            .cloned();
-        let loaded = match unchanged {
-            // Not recompiled, but the (possibly edited) policy still applies.
-            Some(same) => Ok(same.admit(&policy).map(|()| same)),
-            None => {
-                let (rt, n, f, pol) = (
-                    runtime.clone(),
-                    name.get_ref().to_string(),
-                    file.clone(),
-                    policy.clone(),
-                );
-                tokio::task::spawn_blocking(move || {
-                    rt.load_bytes(&n, &f, bytes, &pol).map(Arc::new)
-                })
-                .await
-            }
-        };
-        match loaded {
-            Ok(Ok(lp)) => {
-                plugins.insert(name.get_ref().to_string(), lp);
-                policies.insert(name.get_ref().to_string(), policy);
-            }
-            Ok(Err(e)) => {
-                let (span, help) = policy::load_error_help(p, &e);
-                l.err::<()>(
-                    span,
-                    format!("plugin `{}` ({}): {e}", name.get_ref(), file.display()),
-                    Some(help),
-                );
-            }
-            Err(e) => {
-                l.err::<()>(
-                    p.path.span(),
-                    format!("plugin `{}`: loader panicked: {e}", name.get_ref()),
-                    None,
-                );
-            }
-        }
-    }
-    (plugins, policies)
-}
-
 /// `[[routes]]`: each route's match rule, upstream and plugin chain.
 async fn resolve_routes(
     l: &mut Loader<'_>,
@@ -518,7 +448,7 @@ async fn resolve_routes(
         let (rule, upstream) = resolved;
 
         let route_id: Arc<str> = id.into();
-        let chain = resolve_chain(l, r, &route_id, loaded).await;
+        let (chain, versions) = resolve_chain(l, r, &route_id, loaded).await;
         // Targets are labelled as they print (`host:port`, `https://...`, `builtin:echo`).
         let targets: Vec<String> = upstream.targets().iter().map(ToString::to_string).collect();
         let route = Arc::new(Route {
@@ -526,6 +456,7 @@ async fn resolve_routes(
             id: route_id,
             upstream,
             chain,
+            versions,
         });
         rules.push(RouteRule {
             host: rule.0,
@@ -538,16 +469,18 @@ async fn resolve_routes(
     (routes, rules)
 }
 
-/// One route's `[[routes.plugins]]`: each plugin set up for the route, its config validated by `init`.
+/// One route's `[[routes.plugins]]`: each plugin set up for the route, its
+/// config validated by `init` (by every version of a rolled-out plugin).
 async fn resolve_chain(
     l: &mut Loader<'_>,
     r: &config::Route,
     route_id: &Arc<str>,
     loaded: &Loaded<'_>,
-) -> Vec<ChainPlugin> {
+) -> (Vec<ChainPlugin>, Vec<RouteVersions>) {
     let doc = &l.m.doc;
     let id = &**route_id;
     let mut chain = Vec::new();
+    let mut versions = Vec::new();
     for entry in &r.plugins {
         let entry_span = entry.span();
         let entry = entry.get_ref();
@@ -589,54 +522,108 @@ async fn resolve_chain(
             state: loaded.state.cloned(),
             outbound: Some(loaded.outbound.clone()),
         };
-        match ChainPlugin::new(
-            loaded.runtime.clone(),
+        let at = Place {
+            route_id,
+            entry,
+            entry_span,
+        };
+        let rollout = loaded.rollouts.get(pname.as_str());
+        let Some(stable) = set_up(
+            l,
+            &at,
             plugin.clone(),
-            route_id.clone(),
-            usage,
-            loaded.metrics.plugin(pname, id, &PluginErrorKind::REASONS),
+            usage.clone(),
+            loaded,
+            rollout.map(|_| 0),
         )
         .await
-        {
-            Ok(cp) => chain.push(cp),
-            Err(e) => {
-                let table = entry.config.as_ref().map(Spanned::span);
-                let help = || {
-                    Some(format!(
-                        "fix this route's `config` table for `{pname}` (see the plugin's README)"
-                    ))
-                };
-                let PluginErrorKind::Config(reasons) = &e.kind else {
-                    let span = table.unwrap_or(entry_span);
-                    l.err::<()>(
-                        span,
-                        format!("route `{id}`, plugin `{pname}`: {}", e.kind),
-                        help(),
-                    );
-                    continue;
-                };
-                // One error per reason, each at its field when the plugin names one, in file order.
-                let mut located: Vec<_> = reasons
-                    .lines()
-                    .map(|reason| {
-                        let span = table.clone().map_or(entry_span.clone(), |t| {
-                            config::field::locate(&l.m.source, t.start, reason).unwrap_or(t)
-                        });
-                        (span, reason)
-                    })
-                    .collect();
-                located.sort_by_key(|(span, _)| span.start);
-                for (span, reason) in located {
-                    l.err::<()>(
-                        span,
-                        format!("route `{id}`, plugin `{pname}`: config rejected: {reason}"),
-                        help(),
-                    );
+        else {
+            continue;
+        };
+        if let Some(rollout) = rollout {
+            let mut canaries = Vec::new();
+            for (i, v) in rollout.versions.iter().enumerate().skip(1) {
+                if let Some(cp) =
+                    set_up(l, &at, v.plugin.clone(), usage.clone(), loaded, Some(i)).await
+                {
+                    canaries.push(cp);
                 }
             }
+            versions.push(RouteVersions {
+                place: chain.len(),
+                rollout: rollout.clone(),
+                canaries,
+            });
         }
+        chain.push(stable);
     }
-    chain
+    (chain, versions)
+}
+
+/// Where in the manifest a plugin is set up for a route.
+struct Place<'a> {
+    route_id: &'a Arc<str>,
+    entry: &'a config::RoutePlugin,
+    entry_span: std::ops::Range<usize>,
+}
+
+/// One plugin (version `version` of a rolled-out one) set up for a route;
+/// a rejected config is reported at its fields.
+async fn set_up(
+    l: &mut Loader<'_>,
+    at: &Place<'_>,
+    plugin: Arc<LoadedPlugin>,
+    usage: PluginUse,
+    loaded: &Loaded<'_>,
+    version: Option<usize>,
+) -> Option<ChainPlugin> {
+    let (id, entry, entry_span) = (&**at.route_id, at.entry, at.entry_span.clone());
+    let pname = entry.name.get_ref();
+    let which = match version.and_then(|v| loaded.rollouts.get(pname.as_str())?.versions.get(v)) {
+        Some(v) => format!("plugin `{pname}` version `{}`", v.label),
+        None => format!("plugin `{pname}`"),
+    };
+    let e = match ChainPlugin::new(
+        loaded.runtime.clone(),
+        plugin,
+        at.route_id.clone(),
+        usage,
+        loaded.metrics.plugin(pname, id, &PluginErrorKind::REASONS),
+    )
+    .await
+    {
+        Ok(cp) => return Some(cp),
+        Err(e) => e,
+    };
+    let table = entry.config.as_ref().map(Spanned::span);
+    let help = || {
+        Some(format!(
+            "fix this route's `config` table for `{pname}` (see the plugin's README)"
+        ))
+    };
+    let PluginErrorKind::Config(reasons) = &e.kind else {
+        let span = table.unwrap_or(entry_span);
+        return l.err(span, format!("route `{id}`, {which}: {}", e.kind), help());
+    };
+    // One error per reason, each at its field when the plugin names one, in file order.
+    let mut located: Vec<_> = reasons
+        .lines()
+        .map(|reason| {
+            let span = table.clone().map_or(entry_span.clone(), |t| {
+                config::field::locate(&l.m.source, t.start, reason).unwrap_or(t)
+            });
+            (span, reason)
+        })
+        .collect();
+    located.sort_by_key(|(span, _)| span.start);
+    for (span, reason) in located {
+        l.err::<()>(
+            span,
+            format!("route `{id}`, {which}: config rejected: {reason}"),
+            help(),
+        );
+    }
+    None
 }
 
 type Rule = (HostMatch, PathMatch, Vec<Method>);

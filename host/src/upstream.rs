@@ -12,7 +12,6 @@
 
 pub mod echo;
 mod health;
-pub mod outbound;
 mod pick;
 pub mod pool;
 

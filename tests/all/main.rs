@@ -24,6 +24,7 @@ mod plugin_io;
 mod plugins;
 mod proxying;
 mod quotas;
+mod rollout;
 mod routing;
 mod sandbox;
 mod shared_state;

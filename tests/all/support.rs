@@ -21,6 +21,29 @@ pub fn plugin(file_stem: &str) -> String {
     format!("{}/{file_stem}.wasm", env!("WEIR_TEST_PLUGIN_DIR"))
 }
 
+/// `wasm` with a custom section holding `tag`: the same plugin, another
+/// sha256 (a build no cache has seen).
+pub fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"weir-test-tag";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // a custom section
+    let mut n = payload.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
 /// What the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {

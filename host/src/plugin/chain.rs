@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use super::host::http::{RequestState, ResponseState};
-use super::instance::{ChainPlugin, Lease, Outcome, PluginError};
+use super::instance::{ChainPlugin, Lease, Outcome, PluginError, PluginErrorKind};
+use super::rollout::Rollout;
 use crate::config::Fail;
 use crate::telemetry::metrics::Hook;
 use crate::telemetry::spans::{HookOutcome, HookRecord};
@@ -32,6 +33,17 @@ pub struct Failed {
     pub status: StatusCode,
 }
 
+/// The version of a rolled-out plugin one request runs at one place of its chain.
+#[derive(Clone, Copy)]
+pub struct Picked<'a> {
+    /// That version, set up for the route.
+    pub plugin: &'a ChainPlugin,
+    /// The plugin's rollout, which counts the version's calls.
+    pub rollout: &'a Rollout,
+    /// The version's index in the rollout.
+    pub version: usize,
+}
+
 /// A route's chain as one request runs it.
 ///
 /// - each plugin's instance is leased for a hook call; a plugin that asked for
@@ -44,6 +56,9 @@ pub struct Failed {
 /// - a hook a plugin did not ask for in `init` is never called.
 pub struct Chain<'a> {
     plugins: &'a [ChainPlugin],
+    /// By place: the version this request runs of a rolled-out plugin
+    /// (instead of `plugins[i]`, its stable version); empty when none is.
+    picked: Vec<Option<Picked<'a>>>,
     leases: Vec<Lease>,
     ran: Vec<usize>,
     /// Time spent in hooks, instance checkout included.
@@ -59,11 +74,39 @@ impl<'a> Chain<'a> {
     pub fn new(plugins: &'a [ChainPlugin]) -> Self {
         Chain {
             plugins,
+            picked: Vec::new(),
             leases: Vec::new(),
             ran: Vec::new(),
             plugin_time: Duration::ZERO,
             answered_by: None,
             spans: None,
+        }
+    }
+
+    /// Like [`Chain::new`], running `picked[i]` instead of `plugins[i]`
+    /// where it is `Some`, and counting those calls in their rollout.
+    pub fn with_versions(plugins: &'a [ChainPlugin], picked: Vec<Option<Picked<'a>>>) -> Self {
+        let mut chain = Chain::new(plugins);
+        chain.picked = picked;
+        chain
+    }
+
+    /// The plugin this request runs at place `i`.
+    fn at(&self, i: usize) -> &'a ChainPlugin {
+        match self.picked.get(i) {
+            Some(Some(p)) => p.plugin,
+            _ => &self.plugins[i],
+        }
+    }
+
+    /// Counts a hook call in its version's budget window, when rolled out.
+    fn observe<T>(&self, i: usize, took: Duration, result: &Result<T, PluginError>) {
+        if let Some(Some(p)) = self.picked.get(i) {
+            // The shared backend being down is no fault of this version.
+            let failed = result
+                .as_ref()
+                .is_err_and(|e| !matches!(e.kind, PluginErrorKind::StateBackend(_)));
+            p.rollout.observe(p.version, took, failed);
         }
     }
 
@@ -84,7 +127,8 @@ impl<'a> Chain<'a> {
         // Boxed once: it moves in and out of every hook call.
         let mut state = Box::new(state);
         self.leases.resize_with(self.plugins.len(), Lease::default);
-        for (i, plugin) in self.plugins.iter().enumerate() {
+        for i in 0..self.plugins.len() {
+            let plugin = self.at(i);
             // Not asked for: the request reached it all the same (its `on-response` runs).
             if !plugin.wants_request() {
                 self.ran.push(i);
@@ -95,6 +139,7 @@ impl<'a> Chain<'a> {
             let t = Instant::now();
             let result = plugin.on_request(&mut self.leases[i], state).await;
             let took = t.elapsed();
+            self.observe(i, took, &result);
             self.plugin_time += took;
             plugin.metrics.called(Hook::Request, took);
             if let Some(spans) = &mut self.spans {
@@ -154,13 +199,13 @@ impl<'a> Chain<'a> {
         req: RequestState,
         resp: ResponseState,
     ) -> Result<(RequestState, ResponseState), Failed> {
-        if !self.ran.iter().any(|&i| self.plugins[i].wants_response()) {
+        if !self.ran.iter().any(|&i| self.at(i).wants_response()) {
             return Ok((req, resp));
         }
         let (mut req, mut resp) = (Box::new(req), Box::new(resp));
         req.read_only = true;
         for &i in self.ran.iter().rev() {
-            let plugin = &self.plugins[i];
+            let plugin = self.at(i);
             if !plugin.wants_response() {
                 continue;
             }
@@ -168,6 +213,7 @@ impl<'a> Chain<'a> {
             let t = Instant::now();
             let result = plugin.on_response(&mut self.leases[i], req, resp).await;
             let took = t.elapsed();
+            self.observe(i, took, &result);
             self.plugin_time += took;
             plugin.metrics.called(Hook::Response, took);
             if let Some(spans) = &mut self.spans {
@@ -195,8 +241,9 @@ impl<'a> Chain<'a> {
 
 impl Drop for Chain<'_> {
     fn drop(&mut self) {
-        for (plugin, lease) in self.plugins.iter().zip(self.leases.drain(..)) {
-            plugin.release(lease);
+        let leases = std::mem::take(&mut self.leases);
+        for (i, lease) in leases.into_iter().enumerate() {
+            self.at(i).release(lease);
         }
     }
 }

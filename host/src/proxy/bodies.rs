@@ -40,10 +40,9 @@ pub(super) fn response_cap(route: &Route) -> Option<Cap> {
 }
 
 fn cap(route: &Route, wants: fn(&ChainPlugin) -> bool) -> Option<Cap> {
+    // Any version of a rolled-out plugin that asks for the body gets it.
     route
-        .chain
-        .iter()
-        .enumerate()
+        .every_version()
         .filter(|(_, p)| wants(p))
         .map(|(plugin, p)| Cap {
             plugin,

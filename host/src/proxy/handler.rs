@@ -197,7 +197,7 @@ impl RequestCtx {
             None => Some(body),
         };
 
-        let mut chain = Chain::new(&route.chain);
+        let mut chain = route.start_chain(&state);
         if self.spans.is_some() {
             chain.spans = Some(Vec::new());
         }

@@ -214,20 +214,22 @@ pub(super) fn resolve_policy(l: &mut Loader<'_>, name: &str, p: &config::Plugin)
 /// Where to point and what to suggest for a plugin that failed to load.
 pub(super) fn load_error_help(
     p: &config::Plugin,
+    path: &Spanned<std::path::PathBuf>,
+    sha256: Option<&Spanned<String>>,
     e: &LoadError,
 ) -> (std::ops::Range<usize>, String) {
-    let at = |v: Option<std::ops::Range<usize>>| v.unwrap_or(p.path.span());
+    let at = |v: Option<std::ops::Range<usize>>| v.unwrap_or(path.span());
     match e {
         LoadError::HashMismatch { .. } => (
-            at(p.sha256.as_ref().map(Spanned::span)),
+            at(sha256.map(Spanned::span)),
             "if this file is the one you mean to run, pin its digest (`weir audit FILE` prints it); otherwise restore the pinned build".into(),
         ),
         LoadError::NotGranted { .. } => (
-            p.path.span(),
+            path.span(),
             "plugins may not use this interface: rebuild the plugin without it (`weir audit FILE` lists its imports)".into(),
         ),
         LoadError::NeedsGrant { .. } => (
-            p.path.span(),
+            path.span(),
             "grant the upstreams it may call, e.g. `grants = { http = [\"idp\"] }` (names of `[upstreams.*]`), or `grants = { http = [] }` to run it with every call refused".into(),
         ),
         LoadError::TooLarge { .. } => (
@@ -239,12 +241,12 @@ pub(super) fn load_error_help(
             "raise `max_memory` for this plugin, or build it with a smaller initial memory".into(),
         ),
         LoadError::WitVersion { .. } => (
-            p.path.span(),
+            path.span(),
             "rebuild the plugin against weir-sdk 0.2, or keep the gateway version it was built for"
                 .into(),
         ),
         _ => (
-            p.path.span(),
+            path.span(),
             "build it with weir-sdk for wasm32-wasip2 against wit/ (weir:plugin@0.2.0)".into(),
         ),
     }

@@ -22,11 +22,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 mod custom;
+mod rollout;
 
 pub use custom::{
     CounterError, MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_SERIES_PER_PLUGIN, PluginCounters,
 };
 use custom::{CustomCounters, PluginLabel, PluginReason};
+pub use rollout::{RolloutMetrics, VersionGauges};
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE: &str = "-";
@@ -162,6 +164,7 @@ pub struct Metrics {
     spans_exported: Counter,
     spans_dropped: Family<DropReason, Counter>,
     custom: Arc<CustomCounters>,
+    rollout: rollout::Families,
     unrouted: RouteMetrics,
 }
 
@@ -337,7 +340,9 @@ impl Metrics {
         let custom = Arc::new(CustomCounters::default());
         r.register_collector(Box::new(custom.clone()));
 
+        let rollout = rollout::Families::register(&mut r);
         let mut m = Metrics {
+            rollout,
             registry: r,
             requests,
             request_duration,
@@ -466,6 +471,23 @@ impl Metrics {
                 .custom
                 .for_plugin(plugin, &self.counter_drops, &self.log_drops),
         }
+    }
+
+    /// The rollback counter of a rolled-out plugin.
+    pub fn rollout(&self, plugin: &str) -> RolloutMetrics {
+        self.rollout.for_plugin(plugin)
+    }
+
+    /// Counts a plugin load by where its compiled code came from
+    /// (`memory`, `disk`, `compiled`).
+    pub fn plugin_loaded(&self, source: &'static str) {
+        self.rollout.loaded(source);
+    }
+
+    /// Replaces the per-version gauges of rolled-out plugins (set at scrape
+    /// time from the serving snapshot, like [`Metrics::set_snapshot_gauges`]).
+    pub fn set_version_gauges<'a>(&self, versions: impl IntoIterator<Item = VersionGauges<'a>>) {
+        self.rollout.set(versions);
     }
 
     /// The span export counters ([`crate::telemetry::otlp`]).

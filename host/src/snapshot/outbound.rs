@@ -1,6 +1,8 @@
 //! Outbound calls from plugins (`weir:plugin/outbound`) through the
 //! manifest's upstreams: admission, balancing, passive health and the pools
-//! are the ones proxied requests use.
+//! are the ones proxied requests use. It lives with the snapshot, which
+//! knows both sides: the plugin runtime and the upstream client do not
+//! know each other.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ExchangeError, Upstream};
 use crate::body::{self, Body};
 use crate::plugin::host::outbound::{Exchange, OutboundClient, OutboundError};
+use crate::upstream::{ExchangeError, Upstream};
 
 /// The upstreams of one snapshot, as plugins reach them.
 pub struct Upstreams(pub HashMap<String, Arc<Upstream>>);
