@@ -19,6 +19,7 @@ pub mod cache;
 pub mod capability;
 mod chain;
 pub mod compiler;
+mod direct;
 pub mod guard;
 pub mod host;
 mod instance;
@@ -73,6 +74,9 @@ const WASM_PAGE: u64 = 64 << 10;
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The same imports, with stdio that never waits: plugins that import
+    /// nothing else that may wait are called without a fiber ([`direct`]).
+    direct_linker: Linker<HostState>,
     shared: Arc<SharedState>,
     cache: CompileCache,
 }
@@ -140,6 +144,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        let mut direct_linker = linker.clone();
+        direct::shadow_blocking_stdio(&mut direct_linker)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -158,6 +164,7 @@ impl Runtime {
             cache: CompileCache::new(&engine),
             engine,
             linker,
+            direct_linker,
             shared: Arc::new(SharedState::default()),
         })
     }
@@ -294,6 +301,11 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        // Whether it may be called directly is known when its first instance is made.
+        let direct = (!direct::may_wait(&component, &self.engine))
+            .then(|| self.direct_linker.instantiate_pre(&component).ok())
+            .flatten()
+            .and_then(|pre| direct::Exports::of(&component).map(|exports| (pre, exports)));
         let load_time = file.started.elapsed();
         tracing::info!(
             plugin = file.name,
@@ -314,6 +326,7 @@ impl Runtime {
             exports,
             min_memory,
             pre,
+            direct,
         })
     }
 }
@@ -428,6 +441,8 @@ pub struct LoadedPlugin {
     /// The largest initial linear memory any of its modules declares, in bytes.
     pub min_memory: Option<u64>,
     pre: bindings::PluginPre<HostState>,
+    /// Pre-linked against the direct linker, with the hooks' export indices.
+    direct: Option<(wasmtime::component::InstancePre<HostState>, direct::Exports)>,
 }
 
 impl LoadedPlugin {

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::StatusCode;
 
-use crate::support::{TestGateway, Upstream, failures, get_url, logs, plugin};
+use bytes::Bytes;
+use http::Method;
+
+use crate::support::{TestGateway, Upstream, failures, get_url, logs, plugin, send};
 
 /// `/bad` runs the hostile plugin in `mode` (fail closed), `/healthy` the well-behaved `order`.
 fn manifest(up: &Upstream, id: &str, mode: &str, keys: &str) -> String {
@@ -203,4 +206,66 @@ async fn a_counter_flood_is_stopped_by_max_host_calls() {
     assert_eq!(failures(&gw, "counterflood-bad", "host_call_limit"), 1);
     assert_eq!(failures(&gw, "counterflood-bad", "cpu_deadline"), 0);
     assert_eq!(gw.get("/healthy/").await.status, 200);
+}
+
+/// A plugin that imports nothing that may wait is called without a fiber:
+/// spinning, it holds its worker until its CPU deadline interrupts it (it
+/// cannot yield at each tick), while `max_concurrency` leaves the other
+/// worker to the rest of the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_called_directly_that_spins_is_stopped_at_its_cpu_deadline() {
+    let up = Upstream::start("u").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[plugins.trap]
+path = "{trap}"
+cpu_deadline = "100ms"
+
+[plugins.order]
+path = "{order}"
+
+[[routes]]
+id = "direct-spin"
+prefix = "/spin"
+upstream = "{up}"
+[[routes.plugins]]
+name = "trap"
+
+[[routes]]
+id = "direct-healthy"
+prefix = "/healthy"
+upstream = "{up}"
+[[routes.plugins]]
+name = "order"
+config = {{ tag = "healthy" }}
+"#,
+        trap = plugin("test_trap"),
+        order = plugin("test_order"),
+        up = up.url(),
+    ))
+    .await;
+
+    let spinning = tokio::spawn({
+        let url = gw.url("/spin/x");
+        async move {
+            send(Method::GET, &url, &[("x-trap", "spin")], Bytes::new())
+                .await
+                .status
+        }
+    });
+    let mut healthy = Vec::new();
+    while !spinning.is_finished() {
+        healthy.push(get_url(&gw.url("/healthy/")).await.status);
+    }
+    assert_eq!(spinning.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        healthy.iter().all(|s| *s == StatusCode::OK),
+        "healthy route failed while the other spun: {healthy:?}"
+    );
+    assert_eq!(failures(&gw, "direct-spin", "cpu_deadline"), 1);
+    // The same plugin keeps serving other requests on fresh instances.
+    assert_eq!(get_url(&gw.url("/spin/ok")).await.status, StatusCode::OK);
 }

@@ -190,6 +190,17 @@ fn calls(dir: &Path, n: u64, isolation: Isolation) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let chain = rt.block_on(chain(dir, isolation))?;
+    for p in &chain {
+        eprintln!(
+            "{}: {}",
+            p.name(),
+            if p.is_direct() {
+                "direct"
+            } else {
+                "on a fiber"
+            }
+        );
+    }
     measured_calls(&rt, &chain, 0);
     for _ in 0..20 {
         rt.block_on(run_chain(&chain));

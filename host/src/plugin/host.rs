@@ -55,6 +55,9 @@ pub struct HostState {
     pub(crate) max_body: usize,
     /// Outbound HTTP, when the manifest grants any upstream.
     pub(crate) outbound: Option<Arc<outbound::Outbound>>,
+    /// Called without a fiber ([`crate::plugin::direct`]): an epoch tick
+    /// cannot yield, only interrupt once the budget is spent.
+    pub(crate) direct: bool,
 }
 
 /// What the current hook call has used so far; reset before each call.
@@ -137,6 +140,7 @@ impl HostState {
             bodies: body::Bodies::empty(),
             max_body: limits.max_body_bytes,
             outbound: None,
+            direct: false,
         }
     }
 
@@ -160,6 +164,13 @@ impl HostState {
             return Err(HostCallLimit(self.budget.max_host_calls).into());
         }
         Ok(())
+    }
+}
+
+impl HostState {
+    /// The instance's resource table (WASI's streams live there).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

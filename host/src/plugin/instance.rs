@@ -16,6 +16,7 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{self, Action, Hooks};
+use super::direct::DirectHooks;
 use super::guard::{Guard, Pass, default_concurrency};
 use super::host::HostState;
 use super::host::body::Bodies;
@@ -34,8 +35,16 @@ const MAX_IDLE: usize = 64;
 
 struct Instance {
     store: Store<HostState>,
-    filter: bindings::Plugin,
+    calls: Calls,
     hooks: Hooks,
+}
+
+/// How an instance's hooks are called.
+enum Calls {
+    /// On a fiber, so host calls may wait.
+    Async(bindings::Plugin),
+    /// Directly: the plugin can never wait ([`super::direct`]).
+    Direct(DirectHooks),
 }
 
 impl Instance {
@@ -110,6 +119,8 @@ pub struct ChainPlugin {
     hooks: Hooks,
     bodies: Bodies,
     outbound: Option<Arc<Outbound>>,
+    /// Hooks are called without a fiber or a timer ([`super::direct`]).
+    direct: bool,
 }
 
 /// A plugin failed: the request cannot go on as configured.
@@ -375,7 +386,25 @@ impl ChainPlugin {
             hooks: Hooks::empty(),
             bodies: Bodies::empty(),
             outbound,
+            direct: false,
         };
+        // Output granted to the log goes through a writer task a direct call cannot wait for.
+        chain.direct = chain.plugin.direct.is_some()
+            && chain.policy.grants.stdio != crate::config::Stdio::Log
+            // A round trip to the shared backend waits.
+            && !(chain.state.is_some()
+                && chain.policy.state == crate::config::StateBackend::Shared
+                && chain.plugin.imports.iter().any(|i| i.starts_with("weir:plugin/state@")));
+        // wasmtime refuses to instantiate directly a component that uses an
+        // import that may wait (state, outbound, cache, a WASI sleep): such a
+        // plugin is called on a fiber. A refusal for any other reason shows
+        // again, with its message, when the first instance is made below.
+        if let Some((pre, _)) = chain.plugin.direct.as_ref().filter(|_| chain.direct)
+            && let Err(e) = pre.instantiate(&mut chain.store())
+        {
+            tracing::debug!(target: "weir::plugin", plugin = &*chain.plugin.name, error = %format!("{e:#}"), "called on a fiber");
+            chain.direct = false;
+        }
         // `init` runs off the request path, but must not hang a load either.
         let limit = chain.policy.limits.call_timeout.max(MIN_INIT_TIMEOUT);
         let first = tokio::time::timeout(limit, chain.instantiate())
@@ -392,6 +421,12 @@ impl ChainPlugin {
     /// The plugin's name.
     pub fn name(&self) -> &Arc<str> {
         &self.plugin.name
+    }
+
+    /// Whether its hooks are called directly, without a fiber or a timer
+    /// (it imports nothing that may wait; see [`super::direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct
     }
 
     /// Whether `init` asked for `on-request` on this route.
@@ -478,9 +513,9 @@ impl ChainPlugin {
         self.error(kind)
     }
 
-    async fn instantiate(&self) -> Result<Instance, PluginErrorKind> {
+    fn store(&self) -> Store<HostState> {
         let limits = &self.policy.limits;
-        let state = HostState::new(
+        let mut state = HostState::new(
             self.plugin.name.clone(),
             self.route.clone(),
             StateHandle::new(
@@ -493,29 +528,42 @@ impl ChainPlugin {
             self.metrics.counters.clone(),
             &self.policy,
         );
-        let mut state = state;
         state.outbound = self.outbound.clone();
+        state.direct = self.direct;
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(limits.max_transfer());
-        // Each tick while wasm runs: yield the thread, and interrupt once the budget is spent.
+        // Each tick while wasm runs: yield the thread (a direct call cannot),
+        // and interrupt once the budget is spent.
         store.epoch_deadline_callback(|mut cx| {
+            let direct = cx.data().direct;
             let budget = &mut cx.data_mut().budget;
             budget.ticks += 1;
             Ok(if budget.ticks >= budget.max_ticks {
                 UpdateDeadline::Interrupt
+            } else if direct {
+                UpdateDeadline::Continue(1)
             } else {
                 // tokio's yield lets the I/O driver run too, not just other ready tasks.
                 UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
             })
         });
-        let init_deadline = limits.cpu_deadline.max(MIN_INIT_DEADLINE);
         let init_timeout = limits.call_timeout.max(MIN_INIT_TIMEOUT);
         store
             .data_mut()
             .begin_call(limits.init_ticks(), Instant::now() + init_timeout);
         store.data_mut().in_init = true;
         store.set_epoch_deadline(1);
+        store
+    }
+
+    async fn instantiate(&self) -> Result<Instance, PluginErrorKind> {
+        if self.direct {
+            return self.instantiate_direct();
+        }
+        let limits = &self.policy.limits;
+        let init_deadline = limits.cpu_deadline.max(MIN_INIT_DEADLINE);
+        let mut store = self.store();
         let filter = self
             .plugin
             .pre
@@ -534,7 +582,37 @@ impl ChainPlugin {
         store.data_mut().in_init = false;
         Ok(Instance {
             store,
-            filter,
+            calls: Calls::Async(filter),
+            hooks,
+        })
+    }
+
+    /// Instantiates and runs `init` without a fiber.
+    fn instantiate_direct(&self) -> Result<Instance, PluginErrorKind> {
+        let limits = &self.policy.limits;
+        let init_deadline = limits.cpu_deadline.max(MIN_INIT_DEADLINE);
+        let Some((pre, exports)) = &self.plugin.direct else {
+            return Err(PluginErrorKind::Instantiate(
+                "not linked for direct calls".into(),
+            ));
+        };
+        let mut store = self.store();
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            PluginErrorKind::classify(&e, limits, init_deadline)
+                .unwrap_or_else(|| PluginErrorKind::Instantiate(format!("{e:#}")))
+        })?;
+        let calls = exports
+            .hooks(&mut store, &instance)
+            .map_err(|e| PluginErrorKind::Instantiate(format!("{e:#}")))?;
+        let (hooks,) = calls
+            .init
+            .call(&mut store, (self.config_json.clone(),))
+            .map_err(|e| PluginErrorKind::from_call(e, limits, init_deadline))?;
+        let hooks = hooks.map_err(PluginErrorKind::Config)?;
+        store.data_mut().in_init = false;
+        Ok(Instance {
+            store,
+            calls: Calls::Direct(calls),
             hooks,
         })
     }
@@ -578,9 +656,14 @@ impl ChainPlugin {
             .enter(timeout)
             .await
             .map_err(|kind| self.failed("on-request", kind))?;
-        let result = tokio::time::timeout(timeout, self.request_hook(lease, req))
-            .await
-            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)));
+        // A direct call cannot wait: its epoch deadline bounds it, no timer needed.
+        let result = if self.direct {
+            self.request_hook(lease, req).await
+        } else {
+            tokio::time::timeout(timeout, self.request_hook(lease, req))
+                .await
+                .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
+        };
         pass.done(burned(&result));
         result.map_err(|kind| self.failed("on-request", kind))
     }
@@ -594,12 +677,18 @@ impl ChainPlugin {
         let mut inst = self.take(lease).await?;
         self.begin(&mut inst);
         inst.store.data_mut().request = Some(req);
-        let action = inst
-            .filter
-            .weir_plugin_filter()
-            .call_on_request(&mut inst.store, Resource::new_borrow(0))
-            .await
-            .map_err(|e| PluginErrorKind::from_call(e, limits, limits.cpu_deadline))?;
+        let action = match &inst.calls {
+            Calls::Direct(h) => h
+                .on_request
+                .call(&mut inst.store, (Resource::new_borrow(0),))
+                .map(|(a,)| a),
+            Calls::Async(f) => {
+                f.weir_plugin_filter()
+                    .call_on_request(&mut inst.store, Resource::new_borrow(0))
+                    .await
+            }
+        }
+        .map_err(|e| PluginErrorKind::from_call(e, limits, limits.cpu_deadline))?;
         let req = taken(inst.store.data_mut().request.take())?;
         let outcome = match action {
             Action::Continue => Outcome::Continue,
@@ -632,9 +721,13 @@ impl ChainPlugin {
             .enter(timeout)
             .await
             .map_err(|kind| self.failed("on-response", kind))?;
-        let result = tokio::time::timeout(timeout, self.response_hook(lease, req, resp))
-            .await
-            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)));
+        let result = if self.direct {
+            self.response_hook(lease, req, resp).await
+        } else {
+            tokio::time::timeout(timeout, self.response_hook(lease, req, resp))
+                .await
+                .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
+        };
         pass.done(burned(&result));
         result.map_err(|kind| self.failed("on-response", kind))
     }
@@ -650,18 +743,21 @@ impl ChainPlugin {
         let data = inst.store.data_mut();
         data.request = Some(req);
         data.response = Some(resp);
-        inst.filter
-            .weir_plugin_filter()
-            .call_on_response(
-                &mut inst.store,
-                Resource::new_borrow(0),
-                Resource::new_borrow(0),
-            )
-            .await
-            .map_err(|e| {
-                let limits = &self.policy.limits;
-                PluginErrorKind::from_call(e, limits, limits.cpu_deadline)
-            })?;
+        let (req_handle, resp_handle) = (Resource::new_borrow(0), Resource::new_borrow(0));
+        match &inst.calls {
+            Calls::Direct(h) => h
+                .on_response
+                .call(&mut inst.store, (req_handle, resp_handle)),
+            Calls::Async(f) => {
+                f.weir_plugin_filter()
+                    .call_on_response(&mut inst.store, req_handle, resp_handle)
+                    .await
+            }
+        }
+        .map_err(|e| {
+            let limits = &self.policy.limits;
+            PluginErrorKind::from_call(e, limits, limits.cpu_deadline)
+        })?;
         let data = inst.store.data_mut();
         let back = (taken(data.request.take())?, taken(data.response.take())?);
         lease.0 = Some(inst);

@@ -99,10 +99,28 @@ pub fn gateway_owned(n: &str) -> bool {
 fn name(n: &str) -> Result<HeaderName, EditError> {
     let name =
         HeaderName::from_bytes(n.as_bytes()).map_err(|_| EditError::InvalidName(n.to_string()))?;
-    if gateway_owned(name.as_str()) {
+    if owned_name(&name) {
         return Err(EditError::ReadOnly);
     }
     Ok(name)
+}
+
+/// [`gateway_owned`] for a parsed (lower-case) name: the standard ones
+/// compare as constants, without a string comparison each.
+fn owned_name(name: &HeaderName) -> bool {
+    use http::header;
+    [
+        header::CONNECTION,
+        header::CONTENT_LENGTH,
+        header::EXPECT,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .contains(name)
+        || matches!(name.as_str(), "http2-settings" | "keep-alive")
+        || name.as_str().starts_with("proxy-")
 }
 
 /// Statuses a plugin may set: interim (1xx) answers belong to the protocol.
@@ -512,4 +530,27 @@ pub(crate) fn reply_parts(
         })?;
     }
     Ok((status, headers, reply.body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_refuse_exactly_the_headers_the_gateway_owns() {
+        let names = GATEWAY_OWNED.iter().copied().chain([
+            "proxy-authorization",
+            "Proxy-Foo",
+            "Connection",
+            "TE",
+        ]);
+        for n in names {
+            assert!(gateway_owned(n), "{n}");
+            assert!(matches!(name(n), Err(EditError::ReadOnly)), "{n}");
+        }
+        for n in ["x-proxy", "content-type", "host", "x-te", "keep-alive-x"] {
+            assert!(!gateway_owned(n), "{n}");
+            assert!(name(n).is_ok(), "{n}");
+        }
+    }
 }

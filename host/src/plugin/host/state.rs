@@ -154,3 +154,37 @@ impl Host for HostState {
         Ok(s.local.take(key, bucket, cost, s.quota)?)
     }
 }
+
+/// The same operations without waiting, for a plugin called directly
+/// ([`crate::plugin::direct`]): one whose state is in this gateway's memory.
+impl HostState {
+    pub(crate) fn incr_window_now(
+        &mut self,
+        key: String,
+        delta: u64,
+        window_ms: u64,
+    ) -> wasmtime::Result<WindowCount> {
+        self.charge()?;
+        check_key(&key)?;
+        let s = &self.state;
+        if s.remote.is_some() {
+            wasmtime::bail!("a direct call cannot reach the shared state backend");
+        }
+        Ok(s.local.incr_window(key, delta, window_ms, s.quota)?)
+    }
+
+    pub(crate) fn take_now(
+        &mut self,
+        key: String,
+        bucket: Bucket,
+        cost: u32,
+    ) -> wasmtime::Result<TakeResult> {
+        self.charge()?;
+        check_key(&key)?;
+        let s = &self.state;
+        if s.remote.is_some() {
+            wasmtime::bail!("a direct call cannot reach the shared state backend");
+        }
+        Ok(s.local.take(key, bucket, cost, s.quota)?)
+    }
+}
