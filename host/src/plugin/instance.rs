@@ -398,19 +398,27 @@ impl ChainPlugin {
         // wasmtime refuses to instantiate directly a component that uses an
         // import that may wait (state, outbound, cache, a WASI sleep): such a
         // plugin is called on a fiber. A refusal for any other reason shows
-        // again, with its message, when the first instance is made below.
-        if let Some((pre, _)) = chain.plugin.direct.as_ref().filter(|_| chain.direct)
-            && let Err(e) = pre.instantiate(&mut chain.store())
-        {
-            tracing::debug!(target: "weir::plugin", plugin = &*chain.plugin.name, error = %format!("{e:#}"), "called on a fiber");
-            chain.direct = false;
-        }
+        // again, with its message, when the async path tries.
+        let direct_first = match chain.direct {
+            true => match chain.instantiate_direct() {
+                Err(PluginErrorKind::Instantiate(e)) => {
+                    tracing::debug!(target: "weir::plugin", plugin = &*chain.plugin.name, error = %e, "called on a fiber");
+                    chain.direct = false;
+                    None
+                }
+                first => Some(first),
+            },
+            false => None,
+        };
         // `init` runs off the request path, but must not hang a load either.
         let limit = chain.policy.limits.call_timeout.max(MIN_INIT_TIMEOUT);
-        let first = tokio::time::timeout(limit, chain.instantiate())
-            .await
-            .unwrap_or(Err(PluginErrorKind::CallTimeout(limit)))
-            .map_err(|kind| chain.error(kind))?;
+        let first = match direct_first {
+            Some(first) => first,
+            None => tokio::time::timeout(limit, chain.instantiate())
+                .await
+                .unwrap_or(Err(PluginErrorKind::CallTimeout(limit))),
+        }
+        .map_err(|kind| chain.error(kind))?;
         // What the first instance declared holds for the route: same code, same config.
         chain.hooks = first.hooks;
         chain.bodies = first.bodies();
