@@ -8,6 +8,7 @@ pub use handler::{Observed, RequestBody, handle, handle_observed};
 pub mod headers;
 pub mod tls;
 mod woken;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -97,16 +98,18 @@ impl Connections {
     }
 
     /// The next connection on `listener` with its slot, or `None` once the
-    /// gateway drains. At the cap it waits for a slot before accepting: the
-    /// kernel backlog holds the rest.
+    /// gateway drains. At the cap it holds the one connection it accepted
+    /// until a slot frees, and the kernel backlog holds the rest. (Taking
+    /// the slot first would let a worker waiting on an empty socket hold the
+    /// slot another worker's pending connection needs.)
     pub(crate) async fn next(
         &self,
         listener: &TcpListener,
         phase: &mut watch::Receiver<Phase>,
         what: &str,
     ) -> Option<(OwnedSemaphorePermit, tokio::net::TcpStream, SocketAddr)> {
-        let slot = self.slot().await?;
         let (stream, peer) = accept(listener, phase, what).await?;
+        let slot = self.slot().await?;
         let _ = stream.set_nodelay(true);
         Some((slot, stream, peer))
     }
