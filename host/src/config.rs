@@ -236,6 +236,12 @@ pub struct Server {
     pub allow_encoded_slashes: bool,
     /// `[server.tls]`: HTTPS listeners and their certificates; none when absent.
     pub tls: Option<Spanned<Tls>>,
+    /// `workers`: threads serving client connections, each with a
+    /// single-threaded runtime and its own listening socket (`SO_REUSEPORT`);
+    /// 0 serves them on one shared multi-threaded runtime instead. Default:
+    /// one per CPU the process may run on. Read at start.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl Default for Server {
@@ -255,6 +261,7 @@ impl Default for Server {
             allow_underscore_headers: false,
             allow_encoded_slashes: false,
             tls: None,
+            workers: None,
         }
     }
 }

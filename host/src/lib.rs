@@ -84,6 +84,8 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The serving threads (`[server] workers`); `None` when the shared runtime serves.
+    workers: Option<proxy::workers::Workers>,
 }
 
 /// A gateway on its way up ([`Gateway::begin`]): the admin listener, if
@@ -109,33 +111,38 @@ impl Starting {
         self.metrics.loaded();
         let listen = snap.server.listen.clone();
         let tls_listen = snap.server.tls.as_ref().map(|t| t.listen.clone());
+        let snap_workers = snap.server.workers;
         let conns = proxy::Connections::new(snap.server.max_connections);
         let reloader = Arc::new(Reloader::new(self.manifest, snap, self.metrics));
-        let mut addrs = Vec::new();
-        for addr in listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-            addrs.push(proxy::bound(&listener)?);
-            let current = reloader.current().clone();
-            self.tasks
-                .push(tokio::spawn(proxy::serve(listener, current, conns.clone())));
-        }
-        let mut tls_addrs = Vec::new();
-        for addr in tls_listen.into_iter().flatten() {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (TLS): {e}"))?;
-            let bound = proxy::bound(&listener)?;
-            tracing::info!(addr = %bound, "serving HTTPS (h2 and http/1.1 by ALPN)");
-            tls_addrs.push(bound);
-            let current = reloader.current().clone();
-            self.tasks.push(tokio::spawn(proxy::tls::serve(
-                listener,
-                current,
-                conns.clone(),
-            )));
-        }
+        let (addrs, tls_addrs, workers) = if snap_workers == 0 {
+            let (addrs, tls_addrs) = serve_shared(
+                &mut self.tasks,
+                &listen,
+                tls_listen.as_deref(),
+                &reloader,
+                &conns,
+            )
+            .await?;
+            (addrs, tls_addrs, None)
+        } else {
+            let all: Vec<_> = listen
+                .iter()
+                .map(|a| (proxy::workers::Kind::Plain, *a))
+                .chain(
+                    tls_listen
+                        .iter()
+                        .flatten()
+                        .map(|a| (proxy::workers::Kind::Tls, *a)),
+                )
+                .collect();
+            let (workers, mut bound) =
+                proxy::workers::start(snap_workers, &all, reloader.current(), &conns)?;
+            let tls_addrs = bound.split_off(listen.len());
+            for addr in &tls_addrs {
+                tracing::info!(%addr, "serving HTTPS (h2 and http/1.1 by ALPN)");
+            }
+            (bound, tls_addrs, Some(workers))
+        };
         let admin_addr = self.admin.as_ref().map(|(addr, state)| {
             // From here on `/readyz` answers 200.
             let _ = state.gateway.set(reloader.clone());
@@ -150,8 +157,44 @@ impl Starting {
             admin_addr,
             stop: self.stop,
             tasks: self.tasks,
+            workers,
         })
     }
+}
+
+/// `[server] workers = 0`: every listener's accept loop on the shared runtime.
+async fn serve_shared(
+    tasks: &mut Vec<JoinHandle<()>>,
+    listen: &[SocketAddr],
+    tls_listen: Option<&[SocketAddr]>,
+    reloader: &Arc<Reloader>,
+    conns: &Arc<proxy::Connections>,
+) -> anyhow::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let mut addrs = Vec::new();
+    for &addr in listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        addrs.push(proxy::bound(&listener)?);
+        let current = reloader.current().clone();
+        tasks.push(tokio::spawn(proxy::serve(listener, current, conns.clone())));
+    }
+    let mut tls_addrs = Vec::new();
+    for &addr in tls_listen.into_iter().flatten() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (TLS): {e}"))?;
+        let bound = proxy::bound(&listener)?;
+        tracing::info!(addr = %bound, "serving HTTPS (h2 and http/1.1 by ALPN)");
+        tls_addrs.push(bound);
+        let current = reloader.current().clone();
+        tasks.push(tokio::spawn(proxy::tls::serve(
+            listener,
+            current,
+            conns.clone(),
+        )));
+    }
+    Ok((addrs, tls_addrs))
 }
 
 impl Gateway {
@@ -266,6 +309,9 @@ impl Gateway {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(w) = self.workers {
+            w.stop().await;
         }
         dropped
     }

@@ -7,6 +7,8 @@ mod handler;
 pub use handler::{Observed, RequestBody, handle, handle_observed};
 pub mod headers;
 pub mod tls;
+mod woken;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::net::{Serving, accept};
 use crate::snapshot::Snapshot;
+use woken::WhenWoken;
 
 /// What the handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -95,16 +98,18 @@ impl Connections {
     }
 
     /// The next connection on `listener` with its slot, or `None` once the
-    /// gateway drains. At the cap it waits for a slot before accepting: the
-    /// kernel backlog holds the rest.
+    /// gateway drains. At the cap it holds the one connection it accepted
+    /// until a slot frees, and the kernel backlog holds the rest. (Taking
+    /// the slot first would let a worker waiting on an empty socket hold the
+    /// slot another worker's pending connection needs.)
     pub(crate) async fn next(
         &self,
         listener: &TcpListener,
         phase: &mut watch::Receiver<Phase>,
         what: &str,
     ) -> Option<(OwnedSemaphorePermit, tokio::net::TcpStream, SocketAddr)> {
-        let slot = self.slot().await?;
         let (stream, peer) = accept(listener, phase, what).await?;
+        let slot = self.slot().await?;
         let _ = stream.set_nodelay(true);
         Some((slot, stream, peer))
     }
@@ -157,7 +162,8 @@ pub async fn serve_connection<I>(
     let _open = current.load().metrics.connection();
     conns.open.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(&conns.open);
-    let settings = current.load().server.clone();
+    // The few values a connection needs (a clone of the settings allocates).
+    let settings = ConnSettings::from(&current.load().server);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -199,11 +205,17 @@ pub async fn serve_connection<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
-    let mut phase = conns.phase();
-    let mut draining = *phase.borrow_and_update() != Phase::Serving;
+    let phase = conns.phase();
+    let mut draining = *phase.borrow() != Phase::Serving;
     if draining {
         conn.as_mut().graceful_shutdown();
     }
+    // Made once, not on every turn of the loop (each `changed()` made and
+    // dropped registers and unregisters a waiter under the channel's lock),
+    // and polled only when the phase changed.
+    let drain = WhenWoken::new(phase_reaches(phase.clone(), Phase::Draining));
+    let close = WhenWoken::new(phase_reaches(phase, Phase::Closing));
+    tokio::pin!(drain, close);
     let idle = settings.idle_timeout;
     // hyper's header timer starts with the first byte; a connection that
     // sends nothing (or half an HTTP/2 preface) would otherwise hold its slot
@@ -211,25 +223,19 @@ pub async fn serve_connection<I>(
     let first_request = Instant::now() + settings.header_read_timeout;
     let mut awaiting_first = true;
     let mut idle_check = Instant::now() + idle;
-    // One timer for both deadlines, reset rather than remade: every wake-up
-    // of the connection polls it, so one is cheaper than two.
-    let timer = tokio::time::sleep_until(first_request.min(idle_check));
+    // One timer for both deadlines, reset rather than remade, and polled
+    // only when it fires (not on every wake-up of the connection).
+    let timer = WhenWoken::new(tokio::time::sleep_until(first_request.min(idle_check)));
     tokio::pin!(timer);
     let result = loop {
         tokio::select! {
             // The connection first: it is what wakes the task on almost every turn.
             biased;
             r = conn.as_mut() => break r,
-            changed = phase.changed(), if changed_possible(&phase) => {
-                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
-                match now {
-                    Phase::Closing => return,
-                    Phase::Draining if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ => {}
-                }
+            () = close.as_mut() => return,
+            () = drain.as_mut(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
             () = timer.as_mut(), if awaiting_first || !draining => {
                 let now = Instant::now();
@@ -256,12 +262,31 @@ pub async fn serve_connection<I>(
                     (true, false) => first_request.min(idle_check),
                     (false, _) => idle_check,
                 };
-                timer.as_mut().reset(next);
+                timer.as_mut().inner().reset(next);
             }
         }
     };
     if let Err(e) = result {
         tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What a connection reads from `[server]` when it opens.
+struct ConnSettings {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+    idle_timeout: Duration,
+}
+
+impl From<&crate::snapshot::ServerSettings> for ConnSettings {
+    fn from(s: &crate::snapshot::ServerSettings) -> Self {
+        ConnSettings {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            idle_timeout: s.idle_timeout,
+        }
     }
 }
 
@@ -273,8 +298,17 @@ impl Drop for Counted<'_> {
     }
 }
 
-fn changed_possible(phase: &watch::Receiver<Phase>) -> bool {
-    phase.has_changed().is_ok()
+/// Resolves once the gateway's phase is `at` or later; never if the
+/// gateway is gone (its connections then serve until their clients leave).
+async fn phase_reaches(mut phase: watch::Receiver<Phase>, at: Phase) {
+    let reached = |p: &Phase| match at {
+        Phase::Serving => true,
+        Phase::Draining => *p != Phase::Serving,
+        Phase::Closing => *p == Phase::Closing,
+    };
+    if phase.wait_for(reached).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Requests in flight on one connection, and when it last had none (an

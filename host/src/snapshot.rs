@@ -66,6 +66,8 @@ pub struct ServerSettings {
     pub allow_encoded_slashes: bool,
     /// HTTPS listeners and certificates, from `[server.tls]`.
     pub tls: Option<TlsSettings>,
+    /// Serving threads; 0: the shared runtime serves (read at start).
+    pub workers: usize,
 }
 
 impl ServerSettings {
@@ -87,8 +89,15 @@ impl ServerSettings {
             allow_underscore_headers: raw.allow_underscore_headers,
             allow_encoded_slashes: raw.allow_encoded_slashes,
             tls: None,
+            workers: raw.workers.unwrap_or_else(default_workers),
         }
     }
+}
+
+/// `[server] workers` when unset: one per CPU the process may run on (its
+/// affinity mask counts, so `taskset -c 1` gives one).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// `[server.tls]`, resolved: certificates loaded and checked against their keys.

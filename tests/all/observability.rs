@@ -434,7 +434,13 @@ async fn json_access_log_has_one_line_per_request_with_route_status_timings_and_
 
     let origin = Upstream::start("origin").await;
     let dead_port = closed_port();
-    let gw = TestGateway::start(&mixed_manifest(&origin, dead_port, "log-throttled")).await;
+    // The subscriber above is this thread's: the gateway serves on it (the
+    // shared runtime, here the test's), not on worker threads of its own.
+    let manifest = mixed_manifest(&origin, dead_port, "log-throttled");
+    let gw = TestGateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 0\n{manifest}"
+    ))
+    .await;
     assert_eq!(scripted_traffic(&gw).await, EXPECTED_STATUSES);
     let traced = gw
         .get_with(

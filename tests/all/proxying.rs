@@ -118,6 +118,38 @@ async fn h2c_and_http1_are_served_on_one_port() {
     assert_eq!(r.json()["path"], "/via/h1");
 }
 
+/// `[server] workers`: several serving threads share each listening address
+/// (`SO_REUSEPORT`), and `0` serves on the shared runtime; either way every
+/// connection, HTTP/1.1 or h2c, reaches the upstream with its own path.
+#[tokio::test]
+async fn every_runtime_shape_serves_every_connection() {
+    for workers in [3, 0] {
+        let up = Upstream::start("u").await;
+        let gw = TestGateway::start(&format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = {workers}\n\n[[routes]]\nid = \"r\"\nprefix = \"/\"\nupstream = \"{}\"\n",
+            up.url()
+        ))
+        .await;
+        let mut paths = Vec::new();
+        for i in 0..24 {
+            let path = format!("/n/{i}");
+            // A fresh client (and so a fresh connection) per request.
+            let r = if i % 2 == 0 {
+                gw.get(&path).await
+            } else {
+                send_h2(Method::GET, &gw.url(&path), &[], Bytes::new()).await
+            };
+            assert_eq!(r.status, 200, "workers = {workers}, {path}");
+            paths.push(path);
+        }
+        let mut seen: Vec<String> = up.seen().into_iter().map(|s| s.uri).collect();
+        seen.sort();
+        paths.sort();
+        assert_eq!(seen, paths, "workers = {workers}");
+        assert_eq!(gw.gateway.shutdown().await, 0);
+    }
+}
+
 #[tokio::test]
 async fn dead_upstream_gives_502_and_slow_upstream_gives_504() {
     // A port that was just free: nothing listens there.

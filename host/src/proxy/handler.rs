@@ -515,11 +515,7 @@ impl RequestCtx {
         }
         let client_done = upload.as_ref().map(body::Upload::client_done);
         let mut admitted = upstream.admit()?;
-        let mut pq = state.path.clone();
-        if let Some(q) = &state.query {
-            pq.push('?');
-            pq.push_str(q);
-        }
+        let pq = self.upstream_target(state)?;
         let key = upstream.hash_key(state.client.ip(), &state.headers);
         let mut headers = upstream_headers(route, state, buffered.as_ref());
         if upgrading {
@@ -539,20 +535,12 @@ impl RequestCtx {
             let may_retry = retry
                 && tried.len() < upstream.settings.retries as usize
                 && tried.len() + 1 < upstream.endpoints().len();
-            let base = endpoint.uri_base();
-            let mut uri = String::with_capacity(base.len() + pq.len());
-            uri.push_str(base);
-            uri.push_str(&pq);
-            let mut req = Request::builder()
-                .method(state.method.clone())
-                .uri(uri)
-                .body(upload.take().map_or_else(
-                    || buffered.clone().map_or_else(body::empty, body::full),
-                    BodyExt::boxed,
-                ))
-                .map_err(|e| {
-                    GatewayError::Internal(format!("cannot build the upstream request: {e}"))
-                })?;
+            let mut req = Request::new(upload.take().map_or_else(
+                || buffered.clone().map_or_else(body::empty, body::full),
+                BodyExt::boxed,
+            ));
+            *req.method_mut() = state.method.clone();
+            *req.uri_mut() = upstream_uri(endpoint.uri_base(), &pq)?;
             *req.headers_mut() = if may_retry {
                 headers.clone()
             } else {
@@ -591,6 +579,27 @@ impl RequestCtx {
             return result
                 .map(|(resp, up)| (resp.map(|b| body::Hold::new(b, admitted).boxed()), up));
         }
+    }
+
+    /// The path and query sent upstream: the client's own, shared rather
+    /// than copied and parsed again, unless normalising or a plugin changed them.
+    fn upstream_target(
+        &self,
+        state: &RequestState,
+    ) -> Result<http::uri::PathAndQuery, GatewayError> {
+        if let Some(pq) = self.raw_uri.path_and_query()
+            && pq.path() == state.path
+            && pq.query() == state.query.as_deref()
+        {
+            return Ok(pq.clone());
+        }
+        let mut text = state.path.clone();
+        if let Some(q) = &state.query {
+            text.push('?');
+            text.push_str(q);
+        }
+        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(text))
+            .map_err(|e| GatewayError::Internal(format!("cannot build the upstream request: {e}")))
     }
 
     /// Answers an error of any phase; the log line's level follows whose fault it was.
@@ -726,6 +735,17 @@ fn upstream_headers(
         headers.remove(header::ACCEPT_ENCODING);
     }
     headers
+}
+
+/// The upstream request's URI: origin form for pooled targets (empty
+/// `base`), else `base` (`http[s]://host:port`) and the path.
+fn upstream_uri(base: &str, pq: &http::uri::PathAndQuery) -> Result<http::Uri, GatewayError> {
+    let uri = if base.is_empty() {
+        Ok(http::Uri::from(pq.clone()))
+    } else {
+        http::Uri::try_from(format!("{base}{pq}"))
+    };
+    uri.map_err(|e| GatewayError::Internal(format!("cannot build the upstream request: {e}")))
 }
 
 /// Both sides of a WebSocket upgrade the upstream accepted.
