@@ -238,8 +238,11 @@ pub struct Server {
     pub tls: Option<Spanned<Tls>>,
     /// `workers`: threads serving client connections, each with a
     /// single-threaded runtime and its own listening socket (`SO_REUSEPORT`);
-    /// 0 serves them on one shared multi-threaded runtime instead. Default:
-    /// one per CPU the process may run on. Read at start.
+    /// 0 (the default) serves them on one shared multi-threaded runtime.
+    /// Opt-in: it saves ~1.1k instructions per request (BENCHMARKS.md), but
+    /// without work stealing a long plugin call stalls its worker's other
+    /// connections, and upstream pools are still shared across workers.
+    /// Read at start.
     #[serde(default)]
     pub workers: Option<usize>,
 }

@@ -89,15 +89,10 @@ impl ServerSettings {
             allow_underscore_headers: raw.allow_underscore_headers,
             allow_encoded_slashes: raw.allow_encoded_slashes,
             tls: None,
-            workers: raw.workers.unwrap_or_else(default_workers),
+            // Opt-in: see `config::Server::workers`.
+            workers: raw.workers.unwrap_or(0),
         }
     }
-}
-
-/// `[server] workers` when unset: one per CPU the process may run on (its
-/// affinity mask counts, so `taskset -c 1` gives one).
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// `[server.tls]`, resolved: certificates loaded and checked against their keys.
