@@ -87,22 +87,12 @@ pub(crate) fn shadow_blocking_stdio(linker: &mut Linker<HostState>) -> wasmtime:
     streams.resource(
         "output-stream",
         ResourceType::host::<DynOutputStream>(),
-        |mut cx, rep| {
-            cx.data_mut()
-                .table()
-                .delete(Resource::<DynOutputStream>::new_own(rep))?;
-            Ok(())
-        },
+        delete::<DynOutputStream>,
     )?;
     streams.resource(
         "input-stream",
         ResourceType::host::<DynInputStream>(),
-        |mut cx, rep| {
-            cx.data_mut()
-                .table()
-                .delete(Resource::<DynInputStream>::new_own(rep))?;
-            Ok(())
-        },
+        delete::<DynInputStream>,
     )?;
     streams.func_wrap(
         "[method]output-stream.blocking-write-and-flush",
@@ -158,6 +148,15 @@ pub(crate) fn shadow_blocking_stdio(linker: &mut Linker<HostState>) -> wasmtime:
     Ok(())
 }
 
+/// A stream's destructor without the async `cancel` (nothing to cancel here).
+fn delete<T: 'static>(
+    mut cx: wasmtime::StoreContextMut<'_, HostState>,
+    rep: u32,
+) -> wasmtime::Result<()> {
+    cx.data_mut().table().delete(Resource::<T>::new_own(rep))?;
+    Ok(())
+}
+
 /// Writes what the stream takes now and flushes; the rest is dropped, as a
 /// full pipe would (the streams a direct call can reach never fill).
 fn write_now(
@@ -203,23 +202,33 @@ impl Exports {
         })
     }
 
-    /// The hooks of one instance, typed.
+    /// One instance's `init`, typed (called once, before the hooks).
+    pub(crate) fn init(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Init> {
+        instance.get_typed_func(&mut *store, self.init)
+    }
+
+    /// One instance's hooks, typed.
     pub(crate) fn hooks(
         &self,
         store: &mut Store<HostState>,
         instance: &Instance,
     ) -> wasmtime::Result<DirectHooks> {
         Ok(DirectHooks {
-            init: instance.get_typed_func(&mut *store, self.init)?,
             on_request: instance.get_typed_func(&mut *store, self.on_request)?,
             on_response: instance.get_typed_func(&mut *store, self.on_response)?,
         })
     }
 }
 
+/// `init(config) -> result<hooks, string>`, typed.
+pub(crate) type Init = TypedFunc<(String,), (Result<Hooks, String>,)>;
+
 /// An instance's hooks, called with [`TypedFunc::call`] (no fiber).
 pub(crate) struct DirectHooks {
-    pub init: TypedFunc<(String,), (Result<Hooks, String>,)>,
     pub on_request: TypedFunc<(Resource<RequestState>,), (Action,)>,
     pub on_response: TypedFunc<(Resource<RequestState>, Resource<ResponseState>), ()>,
 }

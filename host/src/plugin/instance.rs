@@ -394,7 +394,7 @@ impl ChainPlugin {
             // A round trip to the shared backend waits.
             && !(chain.state.is_some()
                 && chain.policy.state == crate::config::StateBackend::Shared
-                && chain.plugin.imports.iter().any(|i| i.starts_with("weir:plugin/state@")));
+                && chain.plugin.imports.iter().any(|i| i == super::direct::STATE));
         // wasmtime refuses to instantiate directly a component that uses an
         // import that may wait (state, outbound, cache, a WASI sleep): such a
         // plugin is called on a fiber. A refusal for any other reason shows
@@ -609,11 +609,11 @@ impl ChainPlugin {
             PluginErrorKind::classify(&e, limits, init_deadline)
                 .unwrap_or_else(|| PluginErrorKind::Instantiate(format!("{e:#}")))
         })?;
-        let calls = exports
-            .hooks(&mut store, &instance)
-            .map_err(|e| PluginErrorKind::Instantiate(format!("{e:#}")))?;
-        let (hooks,) = calls
-            .init
+        let typed = |e: wasmtime::Error| PluginErrorKind::Instantiate(format!("{e:#}"));
+        let calls = exports.hooks(&mut store, &instance).map_err(typed)?;
+        let (hooks,) = exports
+            .init(&mut store, &instance)
+            .map_err(typed)?
             .call(&mut store, (self.config_json.clone(),))
             .map_err(|e| PluginErrorKind::from_call(e, limits, init_deadline))?;
         let hooks = hooks.map_err(PluginErrorKind::Config)?;
@@ -664,14 +664,7 @@ impl ChainPlugin {
             .enter(timeout)
             .await
             .map_err(|kind| self.failed("on-request", kind))?;
-        // A direct call cannot wait: its epoch deadline bounds it, no timer needed.
-        let result = if self.direct {
-            self.request_hook(lease, req).await
-        } else {
-            tokio::time::timeout(timeout, self.request_hook(lease, req))
-                .await
-                .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
-        };
+        let result = self.bounded(timeout, self.request_hook(lease, req)).await;
         pass.done(burned(&result));
         result.map_err(|kind| self.failed("on-request", kind))
     }
@@ -729,13 +722,9 @@ impl ChainPlugin {
             .enter(timeout)
             .await
             .map_err(|kind| self.failed("on-response", kind))?;
-        let result = if self.direct {
-            self.response_hook(lease, req, resp).await
-        } else {
-            tokio::time::timeout(timeout, self.response_hook(lease, req, resp))
-                .await
-                .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
-        };
+        let result = self
+            .bounded(timeout, self.response_hook(lease, req, resp))
+            .await;
         pass.done(burned(&result));
         result.map_err(|kind| self.failed("on-response", kind))
     }
@@ -770,6 +759,21 @@ impl ChainPlugin {
         let back = (taken(data.request.take())?, taken(data.response.take())?);
         lease.0 = Some(inst);
         Ok(back)
+    }
+
+    /// A hook call under `call_timeout`; a direct call cannot wait, so its
+    /// epoch deadline bounds it and it needs no timer.
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, PluginErrorKind>>,
+    ) -> Result<T, PluginErrorKind> {
+        if self.direct {
+            return call.await;
+        }
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(PluginErrorKind::CallTimeout(timeout)))
     }
 
     /// A place for one hook call under the plugin's concurrency cap and

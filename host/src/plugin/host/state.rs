@@ -158,18 +158,23 @@ impl Host for HostState {
 /// The same operations without waiting, for a plugin called directly
 /// ([`crate::plugin::direct`]): one whose state is in this gateway's memory.
 impl HostState {
+    /// The plugin's local store, after the checks every state call makes.
+    fn local_now(&mut self, key: &str) -> wasmtime::Result<&StateHandle> {
+        self.charge()?;
+        check_key(key)?;
+        if self.state.remote.is_some() {
+            wasmtime::bail!("a direct call cannot reach the shared state backend");
+        }
+        Ok(&self.state)
+    }
+
     pub(crate) fn incr_window_now(
         &mut self,
         key: String,
         delta: u64,
         window_ms: u64,
     ) -> wasmtime::Result<WindowCount> {
-        self.charge()?;
-        check_key(&key)?;
-        let s = &self.state;
-        if s.remote.is_some() {
-            wasmtime::bail!("a direct call cannot reach the shared state backend");
-        }
+        let s = self.local_now(&key)?;
         Ok(s.local.incr_window(key, delta, window_ms, s.quota)?)
     }
 
@@ -179,12 +184,7 @@ impl HostState {
         bucket: Bucket,
         cost: u32,
     ) -> wasmtime::Result<TakeResult> {
-        self.charge()?;
-        check_key(&key)?;
-        let s = &self.state;
-        if s.remote.is_some() {
-            wasmtime::bail!("a direct call cannot reach the shared state backend");
-        }
+        let s = self.local_now(&key)?;
         Ok(s.local.take(key, bucket, cost, s.quota)?)
     }
 }
