@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod background;
 pub mod body;
 pub mod cases;
 pub mod config;

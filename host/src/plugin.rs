@@ -10,7 +10,7 @@
 //! - [`Chain`]: a route's plugins as one request runs them, on one leased
 //!   instance per plugin ([`Lease`]) for the whole request.
 //! - [`cache`]: compiled plugins by sha256, in memory and on disk;
-//!   [`compiler`]: the one low-priority thread that compiles them.
+//!   [`crate::background`]: the low-priority thread that compiles them.
 //! - [`Policy`]: the sandbox of one plugin: [`Limits`] and [`Grants`]; which
 //!   imports are allowed is decided per [`Capability`].
 
@@ -18,7 +18,6 @@ mod bindings;
 pub mod cache;
 pub mod capability;
 mod chain;
-pub mod compiler;
 mod direct;
 pub mod guard;
 pub mod host;
@@ -44,8 +43,8 @@ pub use instance::{
 };
 pub use limits::{Grants, Limits, Policy};
 
+use crate::background::Background;
 use cache::CompileCache;
-use compiler::Compiler;
 use host::HostState;
 use host::state::SharedState;
 
@@ -122,7 +121,7 @@ impl Runtime {
             .max_wasm_stack(512 << 10)
             .async_stack_size(1 << 20)
             // One core per compile, on the low-priority compile thread
-            // ([`compiler`]): compiling must not take the cores traffic runs on.
+            // ([`crate::background`]): compiling must not take the cores traffic runs on.
             .parallel_compilation(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // The pool reserves terabytes of address space up front; where that is
@@ -225,7 +224,7 @@ impl Runtime {
     /// Like [`Runtime::load_bytes`], without blocking: a plugin compiled
     /// before (this file's sha256) is taken from memory at once; any other is
     /// read from the disk cache in `cache_dir` or compiled on the compile
-    /// thread ([`compiler`]), one at a time, at low priority.
+    /// thread ([`crate::background`]), one at a time, at low priority.
     pub async fn load_off_path(
         self: &Arc<Self>,
         name: &str,
@@ -244,7 +243,7 @@ impl Runtime {
             None => {
                 let rt = self.clone();
                 let sha = sha256.clone();
-                Compiler::global()
+                Background::compile()
                     .run(move || rt.cache.get_or_compile(&sha, &bytes, cache_dir.as_deref()))
                     .await
                     .map_err(|e| LoadError::Compile(e.to_string()))?

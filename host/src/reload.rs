@@ -16,7 +16,8 @@ use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::config::Manifest;
+use crate::background::Background;
+use crate::config::{ConfigError, Manifest};
 use crate::plugin::Runtime;
 use crate::snapshot::{ConfigErrors, Snapshot};
 use crate::telemetry::metrics::Metrics;
@@ -88,8 +89,17 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let started = Instant::now();
         let old = self.current.load_full();
-        let result =
-            Snapshot::load_with(&self.manifest, Runtime::global(), &self.metrics, Some(&old)).await;
+        // Built on the low-priority reload thread: linking, first instances
+        // and `init` of every route's plugins take no request worker.
+        let (manifest, metrics, previous) =
+            (self.manifest.clone(), self.metrics.clone(), old.clone());
+        let result = Background::reload()
+            .run_async(move || async move {
+                let runtime = Runtime::global();
+                Snapshot::load_with(&manifest, runtime, &metrics, Some(&previous)).await
+            })
+            .await
+            .unwrap_or_else(|e| Err(ConfigError::new(&self.manifest, None, e.to_string()).into()));
         self.metrics.reloaded(result.is_ok());
         match result {
             Ok(new) => {
@@ -110,6 +120,9 @@ impl Reloader {
                 let routes = new.routes.len();
                 let new = Arc::new(new);
                 self.current.store(new.clone());
+                // Where no request holds it any more, the old snapshot's
+                // instances are torn down there too, not on a request worker.
+                Background::reload().drop_later(old);
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     cause,

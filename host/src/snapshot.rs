@@ -596,7 +596,18 @@ async fn set_up(
     )
     .await
     {
-        Ok(cp) => return Some(cp),
+        Ok(cp) => {
+            // As many instances ready as the route's previous pool needed.
+            let before = loaded.previous.and_then(|p| {
+                let route = p.routes.iter().find(|r| &*r.id == id)?;
+                route.chain.iter().find(|c| &**c.name() == pname.as_str())
+            });
+            // A canary's share of the traffic is its own; it starts with one.
+            if let Some(before) = before.filter(|_| version.unwrap_or(0) == 0) {
+                cp.warm(before.peak_instances()).await;
+            }
+            return Some(cp);
+        }
         Err(e) => e,
     };
     let table = entry.config.as_ref().map(Spanned::span);

@@ -2,6 +2,8 @@
 //! short-circuits skip the rest, and a trapping plugin costs one request only
 //! (the full failure policy is in `sandbox.rs`).
 
+use std::time::Duration;
+
 use crate::support::{TestGateway, Upstream, plugin};
 
 fn order_chain(upstream: &str, respond_at: Option<(&str, u16)>) -> String {
@@ -185,6 +187,25 @@ config = {{ mode = "self-count" }}
         plugin("test_hostile"),
         up.url()
     )
+}
+
+/// A reload sizes the new pool as the old one was used, so the first
+/// requests after a swap find instances ready instead of each making one.
+#[tokio::test]
+async fn a_reload_starts_the_new_pool_as_warm_as_the_old_one_was() {
+    let up = Upstream::start_with("u", Duration::from_millis(200)).await;
+    let gw = TestGateway::start(&self_count(&up, "pooled")).await;
+    let pool = |gw: &TestGateway| gw.gateway.snapshot().routes[0].chain[0].idle_instances();
+    assert_eq!(pool(&gw), 1, "the first instance, made at load");
+    // Five requests at once hold five instances across the slow upstream.
+    let answers = futures_util::future::join_all((0..5).map(|_| gw.get("/x"))).await;
+    assert!(answers.iter().all(|r| r.status == 200));
+    assert_eq!(pool(&gw), 5);
+
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(pool(&gw), 5, "the new snapshot's pool, before any request");
+    let r = gw.get("/x").await;
+    assert_eq!(r.header("x-same-instance"), Some("yes"));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! time (covers waits inside host calls, e.g. a WASI sleep), and a count of
 //! host calls. An instance that fails in any way is dropped, never reused.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,8 @@ pub struct ChainPlugin {
     config_json: String,
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
+    /// Most instances seen idle at once: what this pool needed under its load.
+    peak: AtomicUsize,
     failures: [AtomicU64; PluginErrorKind::REASONS.len()],
     guard: Arc<Guard>,
     hooks: Hooks,
@@ -381,6 +383,7 @@ impl ChainPlugin {
             config_json,
             runtime,
             idle: Mutex::new(Vec::new()),
+            peak: AtomicUsize::new(0),
             failures: Default::default(),
             guard,
             hooks: Hooks::empty(),
@@ -640,6 +643,9 @@ impl ChainPlugin {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(inst);
+                if idle.len() > self.peak.load(Ordering::Relaxed) {
+                    self.peak.store(idle.len(), Ordering::Relaxed);
+                }
             }
         }
     }
@@ -812,5 +818,30 @@ impl ChainPlugin {
     /// Number of idle pooled instances (for tests and metrics).
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Most instances this pool has held idle at once: as many as its
+    /// traffic used concurrently.
+    pub fn peak_instances(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Fills the pool up to `n` initialised instances (at most
+    /// [`MAX_IDLE`]), off the request path: a reload sizes the new pool as
+    /// the old one was, so the first requests after a swap do not each pay
+    /// for instantiation and `init` while traffic waits behind them.
+    pub async fn warm(&self, n: usize) {
+        if self.isolation != Isolation::Pooled {
+            return;
+        }
+        while self.idle_instances() < n.min(MAX_IDLE) {
+            match self.instantiate().await {
+                Ok(inst) => self.checkin(inst),
+                Err(kind) => {
+                    tracing::debug!(target: "weir::plugin", plugin = &*self.plugin.name, route = &*self.route, error = %kind, "pool not warmed");
+                    return;
+                }
+            }
+        }
     }
 }

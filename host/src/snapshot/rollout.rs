@@ -64,17 +64,27 @@ impl Route {
         // Without a sticky key, one draw per request: a plugin in two places
         // of the chain runs one version in both.
         let draw = fastrand::u64(..).to_le_bytes();
+        // Picked once per plugin: a promote or rollback between two places'
+        // picks must not give one request two versions.
+        let mut chosen: Vec<(&Rollout, usize)> = Vec::new();
         for rv in &self.versions {
             let r = &*rv.rollout;
-            let key = match &r.sticky {
-                Sticky::None => Some(r.key_hash(&draw)),
-                Sticky::Header(h) => Some(match req.headers.get(h) {
-                    Some(v) => r.key_hash(v.as_bytes()),
-                    None => client_key(r, req),
-                }),
-                Sticky::ClientIp => Some(client_key(r, req)),
+            let version = match chosen.iter().find(|(c, _)| std::ptr::eq(*c, r)) {
+                Some(&(_, v)) => v,
+                None => {
+                    let key = match &r.sticky {
+                        Sticky::None => Some(r.key_hash(&draw)),
+                        Sticky::Header(h) => Some(match req.headers.get(h) {
+                            Some(v) => r.key_hash(v.as_bytes()),
+                            None => client_key(r, req),
+                        }),
+                        Sticky::ClientIp => Some(client_key(r, req)),
+                    };
+                    let v = r.pick(key);
+                    chosen.push((r, v));
+                    v
+                }
             };
-            let version = r.pick(key);
             let plugin = match version {
                 0 => &self.chain[rv.place],
                 v => &rv.canaries[v - 1],
