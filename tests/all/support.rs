@@ -459,6 +459,8 @@ pub struct Outcome {
     pub stamps: Vec<String>,
     /// Time from sending to the end of the body.
     pub latency: Duration,
+    /// When it was sent.
+    pub sent: std::time::Instant,
 }
 
 impl Load {
@@ -488,12 +490,14 @@ impl Load {
                                     status: if ok { status } else { 0 },
                                     stamps,
                                     latency: sent.elapsed(),
+                                    sent,
                                 }
                             }
                             Err(_) => Outcome {
                                 status: 0,
                                 stamps: vec![],
                                 latency: sent.elapsed(),
+                                sent,
                             },
                         };
                         out.push(outcome);

@@ -61,6 +61,7 @@ async fn storm(
 ) -> (Vec<Duration>, Vec<support::Outcome>) {
     let load = Load::start(gw.url("/"), CLIENTS, "x-stamp");
     let mut swaps = Vec::new();
+    let mut changes = Vec::new();
     let started = Instant::now();
     let rounds = builds
         .iter()
@@ -83,6 +84,7 @@ async fn storm(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         swaps.push(changed.elapsed());
+        changes.push(changed);
         if std::env::var_os("WEIR_BENCH_VERBOSE").is_some() {
             eprintln!("swap {i} to {}: {:?}", &sha[..12], changed.elapsed());
         }
@@ -90,7 +92,31 @@ async fn storm(
         assert_eq!(r.header_all("x-stamp"), [*version, *version], "swap {i}");
     }
     swaps.sort();
-    (swaps, load.stop().await)
+    let outcomes = load.stop().await;
+    if std::env::var_os("WEIR_BENCH_VERBOSE").is_some() {
+        slow_after_change(&outcomes, &changes);
+    }
+    (swaps, outcomes)
+}
+
+/// Where the slowest 1 % of requests were sent, relative to the last file
+/// change before them: what part of a swap the tail comes from.
+fn slow_after_change(outcomes: &[support::Outcome], changes: &[Instant]) {
+    let mut l: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+    l.sort();
+    let p99 = percentile(&l, 0.99);
+    let mut buckets = std::collections::BTreeMap::<u64, usize>::new();
+    for o in outcomes.iter().filter(|o| o.latency >= p99) {
+        let since = changes
+            .iter()
+            .rev()
+            .find(|c| **c <= o.sent)
+            .map(|c| (o.sent - *c).as_millis() as u64);
+        *buckets
+            .entry(since.map_or(u64::MAX, |ms| ms / 5 * 5))
+            .or_default() += 1;
+    }
+    eprintln!("slowest 1 % (>= {p99:?}) by ms since the last file change: {buckets:?}");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
