@@ -460,6 +460,7 @@ pub struct Outcome {
     /// Time from sending to the end of the body.
     pub latency: Duration,
     /// When it was sent.
+    #[allow(dead_code, reason = "read by the hot-swap benchmark, not the tests")]
     pub sent: std::time::Instant,
 }
 
