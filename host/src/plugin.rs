@@ -24,6 +24,7 @@ pub mod guard;
 pub mod host;
 mod instance;
 pub mod limits;
+mod preinit;
 pub mod rollout;
 
 use std::path::{Path, PathBuf};
@@ -92,6 +93,8 @@ pub struct Runtime {
     direct_linker: Linker<HostState>,
     shared: Arc<SharedState>,
     cache: CompileCache,
+    /// Snapshots after `init` by plugin sha256 and config ([`preinit`]).
+    preinits: preinit::Cache,
 }
 
 impl Runtime {
@@ -181,6 +184,7 @@ impl Runtime {
 
         Ok(Runtime {
             cache: CompileCache::new(&engine),
+            preinits: preinit::Cache::default(),
             engine,
             linker,
             direct_linker,
@@ -234,7 +238,7 @@ impl Runtime {
         let file = FileFacts {
             name,
             path,
-            size: bytes.len(),
+            wasm: bytes.into(),
             sha256,
             started,
         };
@@ -257,12 +261,13 @@ impl Runtime {
         let sha256 = sha256_hex(&bytes);
         check_file(bytes.len(), &sha256, policy)?;
         check_header(&bytes)?;
-        let size = bytes.len();
+        let wasm: preinit::Wasm = bytes.into();
         let (component, source) = match self.cache.get(&sha256) {
             Some(c) => (c, CacheSource::Memory),
             None => {
                 let rt = self.clone();
                 let sha = sha256.clone();
+                let bytes = wasm.clone();
                 Compiler::global()
                     .run(move || rt.cache.get_or_compile(&sha, &bytes, cache_dir.as_deref()))
                     .await
@@ -273,7 +278,7 @@ impl Runtime {
         let file = FileFacts {
             name,
             path,
-            size,
+            wasm,
             sha256,
             started,
         };
@@ -337,7 +342,8 @@ impl Runtime {
             name: file.name.into(),
             path: file.path.to_path_buf(),
             sha256: file.sha256,
-            size: file.size,
+            size: file.wasm.len(),
+            wasm: file.wasm,
             loaded_at: SystemTime::now(),
             load_time,
             source,
@@ -354,7 +360,7 @@ impl Runtime {
 struct FileFacts<'a> {
     name: &'a str,
     path: &'a Path,
-    size: usize,
+    wasm: preinit::Wasm,
     sha256: String,
     started: Instant,
 }
@@ -447,6 +453,8 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// Size in bytes.
     pub size: usize,
+    /// The file, for snapshots taken after `init` ([`preinit`]).
+    wasm: preinit::Wasm,
     /// When this version was loaded.
     pub loaded_at: SystemTime,
     /// How long reading, compiling and pre-linking took.

@@ -138,6 +138,12 @@ impl HostState {
         }
     }
 
+    /// Whether the current call reached the host at all: a `weir:plugin`
+    /// import, or anything of WASI (whose context is built at first use).
+    pub(crate) fn reached_host(&self) -> bool {
+        self.budget.host_calls > 0 || self.wasi.is_some()
+    }
+
     /// Counts one call into a `weir:plugin` import; traps past `max_host_calls`.
     pub(crate) fn charge(&mut self) -> wasmtime::Result<()> {
         self.budget.host_calls += 1;
