@@ -168,6 +168,37 @@ async fn request_isolation_gives_each_request_a_fresh_instance() {
     );
 }
 
+/// An `init` that calls nothing on the host runs once per route: every
+/// request-isolated instance starts from a snapshot of what it left, with
+/// the route's config applied and no request's state in it.
+#[tokio::test]
+async fn request_isolation_starts_each_instance_from_a_snapshot_after_init() {
+    let up = Upstream::start("u").await;
+    let manifest = format!(
+        "[plugins.order]\npath = \"{}\"\nisolation = \"request\"\n\n[[routes]]\nid = \"snap\"\nprefix = \"/\"\nupstream = \"{}\"\n[[routes.plugins]]\nname = \"order\"\nconfig = {{ tag = \"snapped\" }}\n",
+        plugin("test_order"),
+        up.url()
+    );
+    let gw = TestGateway::start(&manifest).await;
+    for _ in 0..3 {
+        let r = gw.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(up.last().header("x-order"), Some("snapped"));
+        assert_eq!(r.header_all("x-resp-order"), ["snapped"]);
+        assert_eq!(
+            r.header("x-seen"),
+            Some("1"),
+            "the instance saw only this request"
+        );
+    }
+    let logs = crate::support::logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("snapshot taken after init") && l.contains("route=\"snap\"")),
+        "no snapshot for the route:\n{logs}"
+    );
+}
+
 /// A route whose plugin counts requests in `self` and checks, in
 /// `on-response`, that it sees its own `on-request`'s count.
 fn self_count(up: &Upstream, isolation: &str) -> String {

@@ -25,7 +25,10 @@ use crate::telemetry::metrics::PluginCounters;
 /// Store data of one plugin instance.
 pub struct HostState {
     table: ResourceTable,
-    wasi: WasiCtx,
+    /// Built at the first WASI call ([`inert_wasi`]): most instances make none.
+    wasi: Option<WasiCtx>,
+    /// The grants its WASI is built from.
+    policy: Arc<Policy>,
     pub(crate) limiter: StoreLimiter,
     /// The plugin's name in the manifest.
     pub(crate) plugin: Arc<str>,
@@ -85,38 +88,16 @@ impl HostState {
         route: Arc<str>,
         state: state::StateHandle,
         counters: Arc<PluginCounters>,
-        policy: &Policy,
+        policy: &Arc<Policy>,
     ) -> Self {
         let limits = &policy.limits;
-        let grants = &policy.grants;
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_handles as usize);
-        // Inert WASI: no preopened dirs, no args, no sockets, stdin closed and
-        // output discarded. Rust's std imports some WASI interfaces even when
-        // unused; they link but reach nothing unless the manifest grants it.
-        let mut wasi = WasiCtx::builder();
-        wasi.allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .envs(grants.env.as_slice());
-        let stdio_budget = (grants.stdio == Stdio::Log).then(|| {
-            let budget = stdio::Budget::default();
-            let out = |stream| {
-                stdio::LogOutput::new(
-                    &plugin,
-                    &route,
-                    stream,
-                    &budget,
-                    &counters,
-                    limits.max_log_rate,
-                )
-            };
-            wasi.stdout(out("stdout")).stderr(out("stderr"));
-            budget
-        });
+        let stdio_budget = (policy.grants.stdio == Stdio::Log).then(stdio::Budget::default);
         HostState {
             table,
-            wasi: wasi.build(),
+            wasi: None,
+            policy: policy.clone(),
             limiter: StoreLimiter {
                 max_memory: limits.max_memory,
             },
@@ -157,6 +138,12 @@ impl HostState {
         }
     }
 
+    /// Whether the current call reached the host at all: a `weir:plugin`
+    /// import, or anything of WASI (whose context is built at first use).
+    pub(crate) fn reached_host(&self) -> bool {
+        self.budget.host_calls > 0 || self.wasi.is_some()
+    }
+
     /// Counts one call into a `weir:plugin` import; traps past `max_host_calls`.
     pub(crate) fn charge(&mut self) -> wasmtime::Result<()> {
         self.budget.host_calls += 1;
@@ -176,9 +163,44 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let ctx = self.wasi.get_or_insert_with(|| {
+            inert_wasi(
+                &self.policy,
+                &self.plugin,
+                &self.route,
+                self.stdio_budget.as_ref(),
+                &self.counters,
+            )
+        });
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
+}
+
+/// Inert WASI: no preopened dirs, no args, no sockets, stdin closed and
+/// output discarded. Rust's std imports some WASI interfaces even when
+/// unused; they link but reach nothing unless the manifest grants it:
+/// `env` by name, and stdout and stderr to the log (`stdio = "log"`, with
+/// `budget`). Building one costs a few thousand instructions (two seeded
+/// RNGs), so an instance builds it at its first WASI call, not before.
+fn inert_wasi(
+    policy: &Policy,
+    plugin: &Arc<str>,
+    route: &Arc<str>,
+    budget: Option<&stdio::Budget>,
+    counters: &Arc<PluginCounters>,
+) -> WasiCtx {
+    let mut wasi = WasiCtx::builder();
+    wasi.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .envs(policy.grants.env.as_slice());
+    if let Some(budget) = budget {
+        let rate = policy.limits.max_log_rate;
+        let out = |stream| stdio::LogOutput::new(plugin, route, stream, budget, counters, rate);
+        wasi.stdout(out("stdout")).stderr(out("stderr"));
+    }
+    wasi.build()
 }

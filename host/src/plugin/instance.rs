@@ -26,7 +26,9 @@ use super::host::state::{RedisBackend, StateHandle, StateUnavailable};
 use super::limits::{
     HostCallLimit, Limits, MIN_INIT_DEADLINE, MIN_INIT_TIMEOUT, MemoryLimit, Policy, StateQuota,
 };
+use super::preinit::{self, NoSnapshot, Preinit};
 use super::{LoadedPlugin, Runtime};
+use crate::background::Background;
 use crate::config::{Fail, Isolation};
 use crate::telemetry::metrics::PluginMetrics;
 
@@ -123,6 +125,9 @@ pub struct ChainPlugin {
     outbound: Option<Arc<Outbound>>,
     /// Hooks are called without a fiber or a timer ([`super::direct`]).
     direct: bool,
+    /// With `isolation = "request"`: the plugin as `init` left it for this
+    /// route, so fresh instances skip `init` ([`super::preinit`]).
+    preinit: Option<Arc<Preinit>>,
 }
 
 /// A plugin failed: the request cannot go on as configured.
@@ -390,6 +395,7 @@ impl ChainPlugin {
             bodies: Bodies::empty(),
             outbound,
             direct: false,
+            preinit: None,
         };
         // Output granted to the log goes through a writer task a direct call cannot wait for.
         chain.direct = chain.plugin.direct.is_some()
@@ -426,7 +432,50 @@ impl ChainPlugin {
         chain.hooks = first.hooks;
         chain.bodies = first.bodies();
         chain.checkin(first);
+        if chain.isolation == Isolation::Request && chain.direct {
+            chain.preinit = chain.preinit().await;
+        }
         Ok(chain)
+    }
+
+    /// A snapshot of this plugin after `init` with this route's config, taken
+    /// on the compile thread; `None` (logged) when `init` calls the host or
+    /// the snapshot fails: instances then run `init` themselves.
+    async fn preinit(&self) -> Option<Arc<Preinit>> {
+        let (sha256, config_json) = (&self.plugin.sha256, &self.config_json);
+        if let Some(cached) = self.runtime.preinits.get(sha256, config_json) {
+            return Some(cached);
+        }
+        let runtime = self.runtime.clone();
+        let wasm = self.plugin.wasm.clone();
+        let config = self.config_json.clone();
+        let store = self.store();
+        let taken = Background::compile()
+            .run(move || preinit::take(&runtime, &wasm, &config, store))
+            .await
+            .map_err(|e| NoSnapshot::Failed(e.to_string()))
+            .flatten();
+        let plugin = &*self.plugin.name;
+        let route = &*self.route;
+        match taken {
+            Ok(preinit) => {
+                tracing::info!(target: "weir::plugin", plugin, route, "snapshot taken after init: fresh instances skip it");
+                let preinit = Arc::new(preinit);
+                self.runtime.preinits.put(sha256, config_json, &preinit);
+                Some(preinit)
+            }
+            Err(e) => {
+                match e {
+                    NoSnapshot::Impure => {
+                        tracing::debug!(target: "weir::plugin", plugin, route, "no snapshot after init: {e}; each request runs init")
+                    }
+                    NoSnapshot::Failed(_) => {
+                        tracing::warn!(target: "weir::plugin", plugin, route, "no snapshot after init: {e}; each request runs init")
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// The plugin's name.
@@ -607,11 +656,22 @@ impl ChainPlugin {
                 "not linked for direct calls".into(),
             ));
         };
-        let mut store = self.store();
-        let instance = pre.instantiate(&mut store).map_err(|e| {
+        let instantiate = |e: wasmtime::Error| {
             PluginErrorKind::classify(&e, limits, init_deadline)
                 .unwrap_or_else(|| PluginErrorKind::Instantiate(format!("{e:#}")))
-        })?;
+        };
+        let mut store = self.store();
+        store.data_mut().in_init = false;
+        if let Some(preinit) = &self.preinit {
+            let calls = preinit.instantiate(&mut store).map_err(instantiate)?;
+            return Ok(Instance {
+                store,
+                calls: Calls::Direct(calls),
+                hooks: self.hooks,
+            });
+        }
+        store.data_mut().in_init = true;
+        let instance = pre.instantiate(&mut store).map_err(instantiate)?;
         let typed = |e: wasmtime::Error| PluginErrorKind::Instantiate(format!("{e:#}"));
         let calls = exports.hooks(&mut store, &instance).map_err(typed)?;
         let (hooks,) = exports

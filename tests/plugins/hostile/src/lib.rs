@@ -23,9 +23,10 @@
 //! | `counter-flood` | adds to a counter forever |
 //! | `log-flood` | emits 100 log records of 4000 bytes each per request (400 KiB), then stamps `logged` |
 //! | `edit-framing` | tries to set framing and hop-by-hop headers on the request and the response (and a 1xx status), stamps how many edits were refused |
+//! | `scribble` | counts the 4 KiB pages of two statics (2 MiB zeroed, 16 KiB initialised to 7) that an earlier request changed, stamps `stale N`, then changes every page |
 //! | `state-flood` | takes a token from `n` host-state buckets keyed `<x-flood header>/<i>` (one token, refilled in 1000 s), stamps how many gave one |
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use weir_sdk::state::{Bucket, take};
 use weir_sdk::{Action, Header, Plugin, Reply, Request, Response};
@@ -44,6 +45,27 @@ struct Config {
 struct Hostile(Config, u32);
 
 static SEEN: AtomicU32 = AtomicU32::new(0);
+
+/// One word per 4 KiB page of `scribble`'s statics.
+const PAGE_WORDS: usize = 4096 / 8;
+/// Zero-initialised (`.bss`): 2 MiB, more than the pool keeps resident per
+/// slot, so a reset both copies pages back and decommits the rest.
+static ZEROED: [AtomicU64; (2 << 20) / 8] = [const { AtomicU64::new(0) }; (2 << 20) / 8];
+/// Initialised (`.data`, in the memory image): a reset copies it back from the image.
+static SEEDED: [AtomicU64; (16 << 10) / 8] = [const { AtomicU64::new(7) }; (16 << 10) / 8];
+
+/// Pages of the statics an earlier request of this instance changed; then
+/// changes every one.
+fn scribble() -> usize {
+    let pages = |statics: &'static [AtomicU64], pristine: u64| {
+        statics
+            .iter()
+            .step_by(PAGE_WORDS)
+            .filter(|w| w.swap(pristine + 1, Ordering::Relaxed) != pristine)
+            .count()
+    };
+    pages(&ZEROED, 0) + pages(&SEEDED, 7)
+}
 
 /// Framing and hop-by-hop headers, each with a value that would desync or hijack a connection.
 const FRAMING: [(&str, &str); 9] = [
@@ -146,6 +168,7 @@ impl Plugin for Hostile {
                 let n = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
                 stamp(&n.to_string());
             }
+            "scribble" => stamp(&format!("stale {}", scribble())),
             "stdout" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
